@@ -1,0 +1,1 @@
+"""decoding: one engine for greedy, sampling, beam, speculative and parallel decoding."""

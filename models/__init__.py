@@ -1,0 +1,7 @@
+"""Models behind the protocol: native decoders, the static cache, HF weight import/export."""
+from .cache import StaticCache
+from .config import DecoderConfig
+from .llama import LlamaDecoder
+from .protocol import Cache, DecoderModel
+
+__all__ = ["Cache", "DecoderConfig", "DecoderModel", "LlamaDecoder", "StaticCache"]

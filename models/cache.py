@@ -1,0 +1,93 @@
+"""Static, preallocated KV cache with per-row lengths and no stored pads (DESIGN.md 3.3)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class StaticCache:
+    """K/V of every layer in `[B, H_kv, S_max, D]` buffers; row b's tokens live in slots [0, lengths[b]).
+
+    Truncation is a change of `lengths` only, so decode steps keep fixed shapes (CUDA graphs).
+    Slots past a row's length hold garbage and are never attended to.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 *, dtype=torch.float32, device=None):
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2] if self.k else 0
+
+    @property
+    def dtype(self):
+        return self.k[0].dtype
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    # -- writes -------------------------------------------------------------------------------
+    def slots_for(self, mask: Tensor) -> Tensor:
+        """Slot of each new token (mask [B, T], 1 = real). Real tokens go to [len_b, len_b + n_b);
+        pads go to the scratch slots after them, which stay invisible."""
+        T = mask.shape[1]
+        if int(self.lengths.max()) + T > self.capacity:
+            raise ValueError(f"cache overflow: {int(self.lengths.max())} cached + {T} new tokens > "
+                             f"capacity {self.capacity}; create the cache with a larger max_len")
+        rank = mask.long().cumsum(1) - 1  # (B, T) index among the row's real tokens
+        n = mask.long().sum(1, keepdim=True)
+        pad_rank = n + (1 - mask.long()).cumsum(1) - 1
+        return self.lengths.long()[:, None] + torch.where(mask.bool(), rank, pad_rank)
+
+    def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
+        """k, v: (B, H_kv, T, D) written at `slots` (B, T)."""
+        idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        self.k[layer].scatter_(2, idx, k.to(self.dtype))
+        self.v[layer].scatter_(2, idx, v.to(self.dtype))
+
+    def advance(self, n_new: Tensor) -> None:
+        self.lengths += n_new.to(torch.int32)
+
+    # -- operations of the cache protocol ----------------------------------------------------
+    def truncate(self, n) -> None:
+        n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
+        if bool((n < 0).any()) or bool((n > self.lengths).any()):
+            raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
+                             f"{self.lengths.tolist()}, n {n.tolist()}")
+        self.lengths -= n
+
+    def _check_index(self, index: Tensor, name: str) -> Tensor:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
+        if index.dim() != 1 or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size)):
+            raise IndexError(f"{name}: index must be 1-D with values in [0, {self.batch_size}), "
+                             f"got {index.tolist()}")
+        return index
+
+    def reorder(self, index: Tensor) -> None:
+        index = self._check_index(index, "reorder")
+        if index.numel() != self.batch_size:
+            raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
+        for buf in self.k + self.v:  # in place: buffers keep their addresses for CUDA graphs
+            buf.copy_(buf.index_select(0, index))
+        self.lengths.copy_(self.lengths.index_select(0, index))
+
+    def select(self, index: Tensor) -> None:
+        index = self._check_index(index, "select")
+        self.k = [b.index_select(0, index) for b in self.k]
+        self.v = [b.index_select(0, index) for b in self.v]
+        self.lengths = self.lengths.index_select(0, index)
+
+    def repeat(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"repeat(k) needs k >= 1, got {k}")
+        self.select(torch.arange(self.batch_size, device=self.lengths.device).repeat_interleave(k))

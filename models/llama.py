@@ -1,0 +1,178 @@
+"""Native Llama-family decoder: RMSNorm, rotary embeddings, SwiGLU, MHA/GQA/MQA, optional
+Qwen2 q/k/v bias and Mistral sliding window. Implements the model protocol over a StaticCache."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention import AttentionBatch, attend
+from .cache import StaticCache
+from .config import DecoderConfig
+from .protocol import check_input_ids
+from .rope import apply_rope, inv_freq, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # float32 statistics, as HF Llama, so imported weights give the same logits
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer: int):
+        super().__init__()
+        self.layer, self.window = layer, cfg.window(layer)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, qkv_out, bias=cfg.qkv_bias)  # one matmul for q, k and v
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor):
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
+                                      self.n_kv_heads * self.head_dim], dim=-1)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        return q, k, v.view(B, T, self.n_kv_heads, self.head_dim)
+
+    def forward(self, x, cos, sin, cache: StaticCache, batch: AttentionBatch) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
+        cache.write(self.layer, k.transpose(1, 2), v.transpose(1, 2), batch.slots)
+        out = attend(q, cache.k[self.layer], cache.v[self.layer], batch, window=self.window, sm_scale=self.scale)
+        return self.wo(out.reshape(B, T, -1))
+
+    def forward_train(self, x, cos, sin) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = (t.transpose(1, 2) for t in self.project(x, cos, sin))  # (B, H, T, D)
+        if self.window:
+            i = torch.arange(T, device=x.device)
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up in one matmul
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, batch):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, batch)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def forward_train(self, x, cos, sin):
+        x = x + self.attn.forward_train(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaDecoder(nn.Module):
+    """Decoder-only transformer. `forward` follows the model protocol; `forward_train` is cache-free."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.vocab_size = cfg.vocab_size
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+
+    @property
+    def device(self):
+        return self.embed.weight.device
+
+    @property
+    def dtype(self):
+        return self.embed.weight.dtype
+
+    def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
+        c = self.config
+        if max_len > c.max_seq_len:
+            raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
+        return StaticCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim,
+                           dtype=dtype or self.dtype, device=device or self.device)
+
+    def _check(self, input_ids: Tensor, cache: StaticCache, attention_mask, positions) -> None:
+        check_input_ids(input_ids, self.vocab_size)
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids is empty (T = 0): pass at least one token per forward")
+        if not isinstance(cache, StaticCache):
+            raise TypeError(f"cache must come from model.new_cache(), got {type(cache).__name__}")
+        if cache.batch_size != B:
+            raise ValueError(f"input_ids has {B} rows but the cache has {cache.batch_size}")
+        for name, t in (("attention_mask", attention_mask), ("positions", positions)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
+
+    def forward(self, input_ids: Tensor, cache: StaticCache, *, positions: Tensor | None = None,
+                attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+        """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V)."""
+        self._check(input_ids, cache, attention_mask, positions)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        slots = cache.slots_for(valid)  # raises on overflow before any work
+        if positions is None:
+            positions = slots  # no stored pads: a token's slot is its position
+        cache.advance(valid.sum(1))
+        batch = AttentionBatch(slots, cache.lengths, valid)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, batch)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.lm_head(self.norm(x))
+
+    __call__ = nn.Module.__call__
+
+    def hidden_train(self, input_ids: Tensor) -> Tensor:
+        """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer.forward_train(x, cos, sin)
+        return self.norm(x)
+
+    def forward_train(self, input_ids: Tensor) -> Tensor:
+        """Logits (B, T, V) of a full causal pass, no cache (training)."""
+        return self.lm_head(self.hidden_train(input_ids))
+
+    def num_parameters(self, *, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n
