@@ -20,6 +20,7 @@ class StaticCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.graphs: dict = {}  # CUDA graphs recorded on these buffers (models/compiled.py)
 
     @property
     def batch_size(self) -> int:
@@ -86,6 +87,7 @@ class StaticCache:
         self.k = [b.index_select(0, index) for b in self.k]
         self.v = [b.index_select(0, index) for b in self.v]
         self.lengths = self.lengths.index_select(0, index)
+        self.graphs = {}  # new buffers: recorded graphs point at the old ones
 
     def repeat(self, k: int) -> None:
         if k < 1:

@@ -110,6 +110,9 @@ class LlamaDecoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        # decode/verify steps of up to this many tokens replay CUDA graphs on GPU (0 = always eager)
+        self.cuda_graph_max_tokens = 16
+        self._graphed = None
 
     @property
     def device(self):
@@ -143,6 +146,9 @@ class LlamaDecoder(nn.Module):
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V)."""
         self._check(input_ids, cache, attention_mask, positions)
+        if (input_ids.is_cuda and attention_mask is None and positions is None
+                and input_ids.shape[1] <= self.cuda_graph_max_tokens and int(cache.lengths.min()) > 0):
+            return self._graph_step(input_ids, cache, logits_to_keep)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         slots = cache.slots_for(valid)  # raises on overflow before any work
         if positions is None:
@@ -158,6 +164,16 @@ class LlamaDecoder(nn.Module):
         return self.lm_head(self.norm(x))
 
     __call__ = nn.Module.__call__
+
+    def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int) -> Tensor:
+        from .compiled import GraphedStep
+        if int(cache.lengths.max()) + input_ids.shape[1] > cache.capacity:
+            raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {input_ids.shape[1]} new "
+                             f"tokens > capacity {cache.capacity}; create the cache with a larger max_len")
+        if self._graphed is None:
+            self._graphed = GraphedStep(self)
+        logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""
