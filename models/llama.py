@@ -143,10 +143,11 @@ class LlamaDecoder(nn.Module):
                 raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
 
     def forward(self, input_ids: Tensor, cache: StaticCache, *, positions: Tensor | None = None,
-                attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
-        """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V)."""
+                attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
+        """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
+        return_hidden=True gives (logits, final-norm hidden (B, T', dim)) for proposal heads."""
         self._check(input_ids, cache, attention_mask, positions)
-        if (input_ids.is_cuda and attention_mask is None and positions is None
+        if (input_ids.is_cuda and attention_mask is None and positions is None and not return_hidden
                 and input_ids.shape[1] <= self.cuda_graph_max_tokens and int(cache.lengths.min()) > 0):
             return self._graph_step(input_ids, cache, logits_to_keep)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -161,7 +162,8 @@ class LlamaDecoder(nn.Module):
             x = layer(x, cos, sin, cache, batch)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.norm(x))
+        h = self.norm(x)
+        return (self.lm_head(h), h) if return_hidden else self.lm_head(h)
 
     __call__ = nn.Module.__call__
 

@@ -1,0 +1,155 @@
+"""Blockwise proposal heads: training lowers the loss, files round-trip, target checks, one-forward
+hidden states, and the shipped size budget."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import DecoderConfig, LlamaDecoder
+from models.checkpoint import save as save_target
+from models.heads import (BlockwiseHeads, HeadsConfig, load_heads, save_heads,
+                          target_forward_with_hidden)
+from models.train_heads import greedy_continue, heads_loss, main as train_main
+
+torch.set_num_threads(1)
+MB4 = 4_000_000  # the issue's budget for the shipped heads, read as decimal megabytes (stricter)
+
+
+def tiny_target(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    cfg.update(kw)
+    return LlamaDecoder(DecoderConfig(**cfg)).eval()
+
+
+def test_forward_with_hidden_matches_forward_and_hidden_train():
+    model = tiny_target()
+    ids = torch.randint(0, 64, (2, 11))
+    with torch.no_grad():
+        ref_logits = model(ids, model.new_cache(2, 32))
+        ref_hidden = model.hidden_train(ids)
+        # prefill then a 3-token verify block, as a decoder would call it
+        cache = model.new_cache(2, 32)
+        l1, h1 = target_forward_with_hidden(model, ids[:, :8], cache)
+        l2, h2 = target_forward_with_hidden(model, ids[:, 8:], cache)
+    assert torch.allclose(torch.cat([l1, l2], 1), ref_logits, atol=1e-5)
+    assert torch.allclose(torch.cat([h1, h2], 1), ref_hidden, atol=1e-5)
+    assert torch.allclose(model.lm_head(h2), l2)  # the hidden is what the lm_head saw
+    assert cache.lengths.tolist() == [11, 11]
+
+
+def test_forward_with_hidden_left_padded_rows():
+    model = tiny_target()
+    ids = torch.randint(0, 64, (2, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        logits, hidden = target_forward_with_hidden(model, ids, model.new_cache(2, 16), mask)
+        short = model.hidden_train(ids[:1, 2:])
+    assert torch.allclose(hidden[0, 2:], short[0], atol=1e-5)
+    assert torch.allclose(logits, model(ids, model.new_cache(2, 16), attention_mask=mask), atol=1e-6)
+
+
+def test_heads_shapes_and_init_follow_the_target():
+    model = tiny_target()
+    heads = BlockwiseHeads(32, k=3)
+    h = model.hidden_train(torch.randint(0, 64, (2, 5)))
+    logits = heads(h, model.lm_head)
+    assert logits.shape == (2, 5, 3, 64)
+    # zero second layer + unit norm: every head starts with the target's next-token argmax
+    assert torch.equal(logits.argmax(-1), model.lm_head(h).argmax(-1)[..., None].expand(-1, -1, 3))
+
+
+def test_first_k_heads_are_the_leading_heads():
+    model = tiny_target()
+    heads = BlockwiseHeads(32, 4)
+    with torch.no_grad():
+        heads.w2.normal_()
+    h = model.hidden_train(torch.randint(0, 64, (1, 5)))
+    assert torch.equal(heads.first(2)(h, model.lm_head), heads(h, model.lm_head)[:, :, :2])
+    with pytest.raises(ValueError, match="1 <= k <= 4"):
+        heads.first(5)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_target()
+    heads = BlockwiseHeads(32, 4, config=HeadsConfig.for_target(model, 4, hidden=16))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_()
+    save_heads(heads, tmp_path, dtype=torch.float32)
+    back = load_heads(tmp_path, model)
+    assert back.config == heads.config
+    for (n, a), (_, b) in zip(heads.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), n
+    h = model.hidden_train(torch.randint(0, 64, (1, 4)))
+    assert torch.equal(back(h, model.lm_head), heads(h, model.lm_head))
+    assert load_heads(heads, model) is heads  # a module passes through after the check
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": 80}, {"dim": 48}, {"n_layers": 3}])
+def test_incompatible_target_is_a_clear_error(tmp_path, change):
+    heads = BlockwiseHeads(32, 2, config=HeadsConfig.for_target(tiny_target(), 2))
+    save_heads(heads, tmp_path)
+    other = tiny_target(**change)
+    with pytest.raises(ValueError, match="trained for a target with vocab_size=64, dim=32, n_layers=2"):
+        load_heads(tmp_path, other)
+    with pytest.raises(ValueError, match="this target has"):
+        load_heads(heads, other)
+
+
+def test_missing_heads_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a heads directory"):
+        load_heads(tmp_path, tiny_target())
+
+
+@pytest.mark.parametrize("dim", [256, 320, 384])
+def test_shipped_heads_fit_4mb_in_fp16(tmp_path, dim):
+    """Default HeadsConfig for a 4096-token target with k = 4, measured on the written file."""
+    cfg = HeadsConfig(k=4, dim=dim, target_vocab_size=4096, target_dim=dim, target_n_layers=8)
+    heads = BlockwiseHeads(dim, 4, config=cfg)
+    assert sum(p.numel() for p in heads.parameters()) == cfg.num_parameters()
+    save_heads(heads, tmp_path)  # fp16 by default
+    size = (tmp_path / "heads.safetensors").stat().st_size
+    assert 2 * cfg.num_parameters() <= size <= MB4, size
+
+
+def _corpus_file(tmp_path, model, n=6000):
+    """Tokens with structure a tiny model can pick up: the target's own greedy text from random prompts."""
+    torch.manual_seed(1)
+    seq = greedy_continue(model, torch.randint(0, 64, (50, 4)), 120)
+    path = tmp_path / "tokens.npy"
+    np.save(path, seq.flatten()[:n].numpy().astype(np.uint16))
+    return path
+
+
+@pytest.mark.parametrize("data", ["distill", "corpus"])
+def test_training_lowers_loss_and_resume_is_exact(tmp_path, data):
+    model = tiny_target()
+    save_target(model, tmp_path / "target")
+    tok = _corpus_file(tmp_path, model)
+    common = ["--target", str(tmp_path / "target"), "--k", "3", "--data", data, "--tokens-file", str(tok),
+              "--device", "cpu", "--batch", "8", "--seq", "24", "--prompt-len", "8", "--gen-len", "24",
+              "--pool-rows", "16", "--eval-rows", "8", "--eval-gen-len", "16", "--tokens", str(40 * 8 * 24),
+              "--lr", "1e-2", "--max-seconds", "0"]
+    log = train_main(common + ["--out", str(tmp_path / "a"), "--state", str(tmp_path / "sa")])
+    assert log["steps"] == 40 and log["stopped_by"] == "tokens"
+
+    # the oracle: the same loss function on held-out rows, untrained heads (same seed) vs trained
+    torch.manual_seed(0)
+    fresh = BlockwiseHeads(32, 3, config=HeadsConfig.for_target(model, 3))
+    trained = load_heads(tmp_path / "a", model)
+    seq = greedy_continue(model, torch.randint(0, 64, (8, 8), generator=torch.Generator().manual_seed(5)), 24)
+    with torch.no_grad():
+        before, after = heads_loss(model, fresh, seq, 7), heads_loss(model, trained, seq, 7)
+    assert after < 0.8 * before, (before, after)
+    saved = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert len(saved["eval"]["head_top1"]) == 3 and saved["eval"]["target_self_agreement"] == 1.0
+
+    # 25 steps, stop, resume for the rest: the same heads as the uninterrupted run
+    args_b = common + ["--out", str(tmp_path / "b"), "--state", str(tmp_path / "sb")]
+    assert train_main(args_b + ["--max-steps", "25"])["stopped_by"] == "max_steps"
+    assert train_main(args_b + ["--resume"])["steps"] == 40
+    a, b = load_heads(tmp_path / "a", model), load_heads(tmp_path / "b", model)
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
