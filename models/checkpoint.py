@@ -28,6 +28,9 @@ def load(directory: str | Path, *, dtype=None, device=None) -> LlamaDecoder:
     if not (d / CONFIG).exists():
         raise FileNotFoundError(f"{d} has no {CONFIG}: expected a checkpoint directory (safetensors + config.json)")
     raw = json.loads((d / CONFIG).read_text())
+    if raw.get("model_type") == "native_yoco":
+        from .yoco import load_yoco
+        return load_yoco(d, dtype=dtype, device=device)
     if raw.get("model_type") != "native_llama":
         from .hf_weights import from_hf
         return from_hf(d, dtype=dtype).to(device)
