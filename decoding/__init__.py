@@ -1,1 +1,6 @@
 """decoding: one engine for greedy, sampling, beam, speculative and parallel decoding."""
+from .api import generate
+from .config import GenerationConfig
+from .output import GenerationOutput, GenerationStats
+
+__all__ = ["GenerationConfig", "GenerationOutput", "GenerationStats", "generate"]

@@ -34,7 +34,13 @@ class Arch:
     load: Callable  # load(directory, dtype=..., device=...)
 
 
-ARCHS: dict[str, Arch] = {"llama": Arch(DecoderConfig, LlamaDecoder, checkpoint.save, checkpoint.load)}
+def _yoco_arch() -> Arch:
+    from .yoco import YOCOConfig, YOCODecoder, load_yoco, save_yoco
+    return Arch(YOCOConfig, YOCODecoder, save_yoco, load_yoco)
+
+
+ARCHS: dict[str, Arch] = {"llama": Arch(DecoderConfig, LlamaDecoder, checkpoint.save, checkpoint.load),
+                          "yoco": _yoco_arch()}
 
 
 @dataclass
@@ -71,6 +77,17 @@ ZOO: dict[str, Entry] = {
         dict(dim=128, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=288, tie_embeddings=True, max_seq_len=1024),
         Recipe(lr=3e-3, batch_gpu=128, batch_cpu=8, gpu_seconds=40.0, cpu_tokens=5_000_000),
         "draft for speculative decoding: <= 1/8 of the target's compute per token",
+    ),
+    # YOCO (Sun et al.): 4 sliding-window self-decoder layers, one global KV, 4 cross-decoder layers,
+    # the target's width and MLP.
+    # Trained on the CPU (the session's GPU time went to target, draft and heads), so on far fewer
+    # tokens than the target: compare its loss with that in mind.
+    "yoco": Entry(
+        "yoco",
+        dict(dim=256, n_layers=8, n_heads=4, n_kv_heads=2, hidden_dim=704, window=128, max_rollback=64, tie_embeddings=True,
+             max_seq_len=2048),
+        Recipe(lr=2e-3, batch_gpu=128, batch_cpu=8, seq_len=512, gpu_seconds=60.0, cpu_tokens=6_000_000),
+        "decoder-decoder with one global KV cache, about the target's size",
     ),
 }
 

@@ -1,0 +1,207 @@
+"""decoding.generate(): HF's argument resolution, every check before the first forward, dispatch
+to a strategy (DESIGN.md 3.1)."""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import strategies
+from .config import resolve
+from .output import GenerationOutput
+from .stopping import StopStrings
+
+_ADAPTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def as_decoder(model):
+    """The model behind the model protocol: HF causal LMs through the adapter, native ones as is."""
+    from models.hf_adapter import HFModel, is_hf_model
+    if is_hf_model(model):
+        adapter = _ADAPTERS.get(model)
+        if adapter is None:
+            adapter = _ADAPTERS[model] = HFModel(model)  # raises for encoder-decoder / no LM head
+        return adapter
+    if callable(getattr(model, "new_cache", None)) and callable(getattr(model, "forward", None)) \
+            and isinstance(getattr(model, "vocab_size", None), int):
+        return model
+    raise TypeError(f"model must be a Hugging Face causal LM or a native decoder with vocab_size, new_cache() "
+                    f"and forward() (the model protocol), got {type(model).__name__}")
+
+
+def _device(model):
+    device = getattr(model, "device", None)
+    if device is None:
+        device = next(model.parameters()).device
+    return torch.device(device)
+
+
+def _max_positions(model) -> int | None:
+    limit = getattr(model, "max_positions", None)
+    if limit is None:
+        limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+    return limit
+
+
+@dataclass
+class Prompt:
+    """A validated, left-padded prompt batch on the model's device."""
+    given: Tensor  # (B, T) ids as the caller gave them (pads included): the head of `sequences`
+    ids: Tensor  # (B, T) the same with pads replaced by a valid id: what the model reads
+    mask: Tensor | None  # (B, T) bool, 1 = real token; None when there are no pads
+    lengths: Tensor  # (B,) real tokens per row
+    max_len: int  # longest real prompt
+    embed_size: int  # ids must lie below this
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def rows(self, n: int) -> Tensor:
+        """The given ids with each row repeated n times (HF's layout for num_return_sequences)."""
+        return self.given if n == 1 else self.given.repeat_interleave(n, 0)
+
+    def mask_rows(self, n: int) -> Tensor | None:
+        return self.mask if self.mask is None or n == 1 else self.mask.repeat_interleave(n, 0)
+
+
+def _from_lists(rows, pad: int) -> tuple[Tensor, Tensor]:
+    if not rows:
+        raise ValueError("input_ids is an empty list: pass at least one prompt")
+    for i, row in enumerate(rows):
+        if isinstance(row, Tensor):
+            row = row.tolist()
+        if not isinstance(row, (list, tuple)):
+            raise TypeError("input_ids as a list must hold lists of token ids (one list per prompt), "
+                            f"got a {type(row).__name__} at position {i}; wrap a single prompt as [ids]")
+        if len(row) == 0:
+            raise ValueError(f"input_ids row {i} is empty: every prompt needs at least one token")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+            raise TypeError(f"input_ids row {i} must hold Python ints (token ids)")
+    rows = [list(r.tolist() if isinstance(r, Tensor) else r) for r in rows]
+    T = max(map(len, rows))
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, T - len(r):] = True
+    return ids, mask
+
+
+def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
+    device = _device(model)
+    embed_size = getattr(model, "embed_size", model.vocab_size)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    if isinstance(input_ids, (list, tuple)):
+        if attention_mask is not None:
+            raise ValueError("attention_mask is built by the engine when input_ids is a list of lists; drop it")
+        ids, mask = _from_lists(input_ids, pad)
+    elif isinstance(input_ids, Tensor):
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            hint = " (use input_ids[None] for one prompt)" if input_ids.dim() == 1 else ""
+            raise ValueError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}{hint}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty {tuple(input_ids.shape)}: every prompt needs at least one token")
+        ids = input_ids.long()
+        mask = None
+        if attention_mask is not None:
+            if not isinstance(attention_mask, Tensor):
+                raise TypeError(f"attention_mask must be a tensor like input_ids, got {type(attention_mask).__name__}")
+            if tuple(attention_mask.shape) != tuple(ids.shape):
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if attention_mask.is_floating_point() or bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+                raise ValueError("attention_mask must hold 0 (pad) and 1 (token) integers or bools")
+            mask = attention_mask.to(ids.device).bool()
+            empty = (~mask.any(1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"input_ids row {empty[0]} is empty (attention_mask all 0): every prompt "
+                                 "needs at least one token")
+            if not bool(mask[:, -1].all()):
+                raise ValueError("input_ids is right-padded (attention_mask has 0 in the last column); decoder-only "
+                                 "generation needs left padding: tokenizer.padding_side = 'left'")
+    else:
+        raise TypeError(f"input_ids must be a LongTensor [batch, length] or a list of token-id lists, "
+                        f"got {type(input_ids).__name__}")
+    real = ids if mask is None else ids[mask]
+    lo, hi = int(real.min()), int(real.max())
+    if lo < 0:
+        raise ValueError(f"input_ids holds a negative token id ({lo}); token ids start at 0")
+    if hi >= embed_size:
+        raise ValueError(f"input_ids holds token id {hi}, outside the model's vocabulary [0, {embed_size}); "
+                         "check that the tokenizer matches the model")
+    if mask is not None and bool(mask.all()):
+        mask = None
+    lengths = mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
+    safe = pad if 0 <= pad < embed_size else 0
+    model_ids = ids if mask is None else ids.masked_fill(~mask, safe)
+    return Prompt(given=ids.to(device), ids=model_ids.to(device), mask=None if mask is None else mask.to(device),
+                  lengths=lengths.to(device), max_len=int(lengths.max()), embed_size=embed_size)
+
+
+def plan_lengths(cfg, prompt: Prompt, model) -> None:
+    """max_new_tokens / min_new_tokens of this call from HF's length arguments (which count the
+    padded prompt), then the position limit."""
+    T = prompt.width
+    limit = _max_positions(model)
+    if prompt.max_len > (limit or prompt.max_len):
+        raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
+                         f"{limit} positions (max_position_embeddings); shorten the prompt")
+    if cfg.max_new_tokens is not None:
+        max_new = cfg.max_new_tokens
+    elif cfg.max_length_set:
+        max_new = cfg.max_length - T
+        if max_new < 1:
+            raise ValueError(f"input_ids has length {T} but max_length is {cfg.max_length}: nothing to generate; "
+                             "raise max_length or, better, set max_new_tokens")
+    else:  # HF: 20 new tokens, capped by the position limit
+        max_new = min(cfg.max_length, limit - T) if limit else cfg.max_length
+        if max_new < 1:
+            raise ValueError(f"input_ids has length {T}, which leaves no room under the model's {limit} "
+                             "positions; shorten the prompt")
+    if limit and prompt.max_len + max_new > limit:
+        raise ValueError(f"the prompt ({prompt.max_len} tokens) + max_new_tokens ({max_new}) exceeds the model's "
+                         f"{limit} positions (max_position_embeddings); lower max_new_tokens")
+    cfg.max_new_tokens = max_new
+    if cfg.min_new_tokens is None:
+        cfg.min_new_tokens = max(0, (cfg.min_length or 0) - T)
+
+
+def _stop_strings(cfg):
+    if cfg.stop_strings is None:
+        return None
+    tok = cfg.tokenizer
+    if not (callable(getattr(tok, "encode", None)) and callable(getattr(tok, "decode", None))):
+        raise TypeError(f"tokenizer must have encode() and decode() (for stop_strings), got {type(tok).__name__}")
+    return StopStrings(cfg.stop_strings, tok)
+
+
+def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutput:
+    """Generate from `model` (an HF causal LM or a native decoder) with HF's arguments; see
+    DESIGN.md 3.1. Every argument is checked before the first forward."""
+    start = time.perf_counter()
+    target = as_decoder(model)
+    cfg, _ = resolve(target, kwargs)
+    prompt = prepare_prompt(input_ids, attention_mask, target, cfg)
+    plan_lengths(cfg, prompt, target)
+    stop = _stop_strings(cfg)
+    if cfg.generator is not None and cfg.generator.device.type != prompt.ids.device.type:
+        raise ValueError(f"generator is on {cfg.generator.device}, the model on {prompt.ids.device}; "
+                         "create the generator on the model's device")
+    run = strategies.select(cfg)
+    with torch.inference_mode():
+        out = run(target, prompt, cfg, stop)
+    stats = out.stats
+    stats.prefill_tokens = int(prompt.lengths.sum())
+    stats.wall_s = time.perf_counter() - start
+    stats.tokens_per_s = stats.new_tokens / stats.wall_s if stats.wall_s > 0 else 0.0
+    return out

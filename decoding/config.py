@@ -1,0 +1,353 @@
+"""GenerationConfig and HF's argument resolution: caller > generation_config= > the model's own
+generation config > HF's global defaults. "Passed" means present in generate()'s **kwargs, so a
+keyword passed as None counts (eos_token_id=None turns stopping off); a None field of a config
+object counts as unset, as in HF.
+
+Which HF arguments run, which only warn, which are not implemented yet, and which are unknown, is
+decided by the tables below; later strategies shrink NOT_IMPLEMENTED.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+@dataclass
+class GenerationConfig:
+    """Every argument generate() reads. As an input (generation_config=), None means unset; after
+    resolution every field holds the value the run uses."""
+    # length
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    min_new_tokens: int | None = None
+    min_length: int | None = None
+    # mode and processors
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    num_beams: int | None = None
+    num_beam_groups: int | None = None
+    diversity_penalty: float | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | str | None = None
+    num_return_sequences: int | None = None
+    # special tokens
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    # outputs
+    use_cache: bool | None = None
+    output_scores: bool | None = None
+    return_dict_in_generate: bool | None = None
+    stop_strings: str | list[str] | None = None
+    # assisted / speculative decoding
+    num_assistant_tokens: int | None = None
+    num_assistant_tokens_schedule: str | None = None
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None
+    # the engine's own modes
+    strategy: str | None = None
+    block_size: int | None = None
+    jacobi_init: str | None = None
+    heads: Any = None
+    acceptance: str | None = None
+    acceptance_top_k: int | None = None
+    # objects, not settings
+    tokenizer: Any = None
+    streamer: Any = None
+    logits_processor: Any = None
+    assistant_model: Any = None
+    seed: int | None = None
+    generator: Any = None
+
+
+FIELDS = tuple(f.name for f in fields(GenerationConfig))
+RUNTIME = ("tokenizer", "streamer", "logits_processor", "assistant_model", "seed", "generator")
+
+# HF's global defaults (transformers 5.x), applied last.
+HF_DEFAULTS = dict(
+    max_length=20, min_length=0, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
+    repetition_penalty=1.0, num_beams=1, num_beam_groups=1, diversity_penalty=0.0, length_penalty=1.0,
+    early_stopping=False, num_return_sequences=1, use_cache=True, output_scores=False,
+    return_dict_in_generate=False, num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+)
+
+# Modes and HF arguments that do not run yet, with the values that leave them off. Drop an entry
+# when its issue lands (beam search: num_beams...; speculative: assistant_model...).
+NOT_IMPLEMENTED = {
+    "num_beams": (None, 1),
+    "num_beam_groups": (None, 1),
+    "assistant_model": (None,),
+    "prompt_lookup_num_tokens": (None,),
+    "strategy": (None,),
+    "block_size": (None,),
+    "jacobi_init": (None,),
+    "heads": (None,),
+    "acceptance": (None,),
+    "acceptance_top_k": (None,),
+}
+
+# HF arguments outside the engine's scope: accepted while off, NotImplementedError when on.
+HF_OTHER = {
+    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
+    "encoder_repetition_penalty": (None, 1.0), "bad_words_ids": (None,), "force_words_ids": (None,),
+    "constraints": (None,), "sequence_bias": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0), "top_h": (None,), "penalty_alpha": (None,), "dola_layers": (None,),
+    "guidance_scale": (None, 1.0), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "remove_invalid_values": (None, False),
+    "renormalize_logits": (None, False), "exponential_decay_length_penalty": (None,), "max_time": (None,),
+    "output_attentions": (None, False), "output_hidden_states": (None, False), "output_logits": (None, False),
+    "watermarking_config": (None,), "token_healing": (None, False), "low_memory": (None, False),
+    "use_mtp": (None, False), "assistant_early_exit": (None,), "stopping_criteria": (None, ()),
+    "prefix_allowed_tokens_fn": (None,), "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,),
+    "synced_gpus": (None, False), "custom_generate": (None,), "assistant_tokenizer": (None,),
+    "past_key_values": (None,), "cache": (None,), "inputs_embeds": (None,), "position_ids": (None,),
+    "token_type_ids": (None,),
+}
+
+# HF arguments that cannot change the result here: accepted and ignored.
+IGNORED = {"cache_implementation", "cache_config", "compile_config", "disable_compile", "trust_remote_code",
+           "return_legacy_cache", "is_assistant", "assistant_confidence_threshold", "assistant_lookbehind",
+           "target_lookbehind", "decoder_start_token_id", "use_model_defaults", "prefill_chunk_size"}
+
+# Settings that only act in some modes: (applies?, HF default) -> a warning when set but idle.
+SAMPLING_ONLY = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
+BEAM_ONLY = {"length_penalty": 1.0, "early_stopping": False, "diversity_penalty": 0.0}
+ASSISTANT_ONLY = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant"}
+
+
+def _is_off(value, off_values) -> bool:
+    if value is None:
+        return None in off_values
+    if isinstance(value, (list, tuple)) and not value:
+        return () in off_values
+    if isinstance(value, (bool, int, float, str)):
+        return any(v is not None and not isinstance(v, tuple) and value == v for v in off_values)
+    return False
+
+
+def _hf_config_defaults() -> dict:
+    try:
+        from transformers import GenerationConfig as HFGenerationConfig
+        return HFGenerationConfig().to_dict()
+    except Exception:  # pragma: no cover
+        return {}
+
+
+def _config_items(obj) -> dict:
+    """Non-None fields of a generation config object (HF's or ours)."""
+    if obj is None:
+        return {}
+    if isinstance(obj, GenerationConfig):
+        return {k: getattr(obj, k) for k in FIELDS if getattr(obj, k) is not None}
+    if hasattr(obj, "to_dict"):
+        return {k: v for k, v in obj.to_dict().items() if v is not None and not k.startswith("_")}
+    raise TypeError(f"generation_config must be a transformers.GenerationConfig or decoding.GenerationConfig, "
+                    f"got {type(obj).__name__}")
+
+
+def model_defaults(model) -> dict:
+    """The model's own generation settings: an HF model's generation_config, or a native model's
+    config special tokens."""
+    gc = getattr(model, "generation_config", None)
+    if gc is not None:
+        return _config_items(gc)
+    cfg = getattr(model, "config", None)
+    out = {}
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def check_names(kwargs: dict, source: str = "generate()", strict: bool = True, unknown_only: bool = False) -> None:
+    """TypeError for a name no one knows (strict: keyword arguments; config objects may carry extra
+    entries); then, unless unknown_only, NotImplementedError for an HF argument or engine mode that is
+    switched on but does not run here yet."""
+    hf_known = None
+    for name, value in kwargs.items():
+        if name in FIELDS and name not in NOT_IMPLEMENTED or name in IGNORED:
+            continue
+        if not strict and name not in NOT_IMPLEMENTED and name not in HF_OTHER:
+            continue  # config objects carry metadata (transformers_version, ...) and newer fields
+        if name in NOT_IMPLEMENTED or name in HF_OTHER:
+            if not unknown_only and not _is_off(value, NOT_IMPLEMENTED.get(name) or HF_OTHER[name]):
+                raise NotImplementedError(
+                    f"{source}: `{name}={_short(value)}` is not implemented by the engine yet; call the model's "
+                    f"own generate() for it (decoding.hf.install falls back to it automatically)")
+            continue
+        if hf_known is None:
+            hf_known = _hf_config_defaults()
+        if name in hf_known:  # an HF setting newer than these tables
+            if unknown_only or value is None or value == hf_known[name]:
+                continue
+            raise NotImplementedError(f"{source}: the HF argument `{name}` is not implemented by the engine")
+        hint = " (pass the prompt as input_ids)" if name == "inputs" else ""
+        raise TypeError(f"generate() got an unexpected keyword argument `{name}`{hint}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
+    """The config of one call and the names the caller set (kwargs and generation_config=)."""
+    kwargs = dict(kwargs)
+    passed_cfg = kwargs.pop("generation_config", None)
+    check_names(kwargs, unknown_only=True)
+    from_obj = _config_items(passed_cfg)
+    from_model = model_defaults(model)
+    values = {}
+    for name in FIELDS:
+        if name in kwargs:
+            values[name] = kwargs[name]
+        elif name in from_obj:
+            values[name] = from_obj[name]
+        elif name in from_model and name not in RUNTIME:
+            values[name] = from_model[name]
+        else:
+            values[name] = HF_DEFAULTS.get(name)
+    explicit = set(kwargs) | set(from_obj)
+    cfg = GenerationConfig(**values)
+    # HF's max_length counts the prompt; set anywhere, it replaces the default of 20 new tokens
+    cfg.max_length_set = cfg.max_length is not None and (
+        "max_length" in kwargs or "max_length" in from_obj or "max_length" in from_model)
+    normalise(cfg)
+    validate(cfg)  # bad values first, then what is not implemented
+    check_names(kwargs)
+    check_names(from_obj, "generation_config", strict=False)
+    check_names(from_model, "the model's generation_config", strict=False)
+    warn_idle(cfg, explicit)
+    return cfg, explicit
+
+
+def normalise(cfg: GenerationConfig) -> None:
+    """Explicit Nones that mean 'off', eos as a list, pad from eos (HF)."""
+    if cfg.do_sample is not None and not isinstance(cfg.do_sample, bool):
+        raise ValueError(f"`do_sample` must be True or False, got {_short(cfg.do_sample)}")
+    cfg.do_sample = cfg.do_sample is True
+    cfg.num_return_sequences = 1 if cfg.num_return_sequences is None else cfg.num_return_sequences
+    cfg.num_beams = 1 if cfg.num_beams is None else cfg.num_beams
+    cfg.output_scores = bool(cfg.output_scores)
+    eos = cfg.eos_token_id
+    if isinstance(eos, torch.Tensor):
+        eos = eos.tolist()
+    if isinstance(eos, (list, tuple)):
+        eos = list(eos) or None
+    elif eos is not None:
+        eos = [eos]
+    cfg.eos_token_id = eos
+    if isinstance(cfg.pad_token_id, torch.Tensor):
+        cfg.pad_token_id = int(cfg.pad_token_id)
+    if cfg.pad_token_id is None and eos:
+        cfg.pad_token_id = eos[0]
+    if isinstance(cfg.stop_strings, str):
+        cfg.stop_strings = [cfg.stop_strings]
+
+
+def _int(value, name: str, low: int, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {_short(value)}")
+
+
+def _num(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number, got {_short(value)}")
+    return float(value)
+
+
+def validate(cfg: GenerationConfig) -> None:
+    """ValueError (TypeError for wrong kinds of objects) naming the argument and the fix."""
+    _int(cfg.max_new_tokens, "max_new_tokens", 1)
+    _int(cfg.max_length, "max_length", 1)
+    _int(cfg.min_new_tokens, "min_new_tokens", 0)
+    _int(cfg.min_length, "min_length", 0)
+    _int(cfg.num_return_sequences, "num_return_sequences", 1)
+    _int(cfg.num_beams, "num_beams", 1)
+    for name in ("use_cache", "output_scores", "return_dict_in_generate"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be True or False, got {_short(value)}")
+    if cfg.repetition_penalty is not None and _num(cfg.repetition_penalty, "repetition_penalty") <= 0:
+        raise ValueError(f"`repetition_penalty` must be > 0 (1.0 = off), got {cfg.repetition_penalty}")
+    if cfg.do_sample:
+        if cfg.temperature is not None and _num(cfg.temperature, "temperature") <= 0:
+            raise ValueError(f"`temperature` must be > 0 when sampling, got {cfg.temperature}; "
+                             "use do_sample=False for greedy decoding")
+        _int(cfg.top_k, "top_k", 0)
+        if cfg.top_p is not None and not 0 < _num(cfg.top_p, "top_p") <= 1:
+            raise ValueError(f"`top_p` must lie in (0, 1] (1.0 = off), got {cfg.top_p}")
+        if cfg.min_p is not None and not 0 <= _num(cfg.min_p, "min_p") <= 1:
+            raise ValueError(f"`min_p` must lie in [0, 1], got {cfg.min_p}")
+    elif cfg.num_return_sequences > 1 and cfg.num_beams == 1:
+        raise ValueError(f"`num_return_sequences={cfg.num_return_sequences}` needs do_sample=True (greedy "
+                         "decoding returns one sequence per prompt) or beam search")
+    for name in ("eos_token_id",):
+        for t in getattr(cfg, name) or []:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise ValueError(f"`{name}` must be a non-negative token id or a list of them, got {_short(t)}")
+    for name in ("pad_token_id", "bos_token_id"):
+        _int(getattr(cfg, name), name, 0)
+    if cfg.stop_strings is not None:
+        if not isinstance(cfg.stop_strings, (list, tuple)) or not cfg.stop_strings or \
+                not all(isinstance(s, str) and s for s in cfg.stop_strings):
+            raise ValueError("`stop_strings` must be a non-empty string or a list of them, "
+                             f"got {_short(cfg.stop_strings)}")
+        if cfg.tokenizer is None:
+            raise ValueError("`stop_strings` needs the model's tokenizer: pass tokenizer=... to generate()")
+    if cfg.logits_processor is not None:
+        if not isinstance(cfg.logits_processor, (list, tuple)) or not all(callable(f) for f in cfg.logits_processor):
+            raise TypeError("`logits_processor` must be a list of callables (input_ids, scores) -> scores")
+    if cfg.streamer is not None and not (hasattr(cfg.streamer, "put") and hasattr(cfg.streamer, "end")):
+        raise TypeError("`streamer` must have put(token_ids) and end() methods (HF's streamer protocol)")
+    if cfg.seed is not None and cfg.generator is not None:
+        raise ValueError("pass `seed` or `generator`, not both")
+    _int(cfg.seed, "seed", 0)
+    if cfg.generator is not None and not isinstance(cfg.generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(cfg.generator).__name__}")
+    validate_engine_args(cfg)
+
+
+STRATEGIES = ("jacobi", "gs_jacobi", "sjd", "blockwise")
+JACOBI_INITS = ("pad", "repeat", "ngram")
+ACCEPTANCES = ("exact", "topk")
+
+
+def validate_engine_args(cfg: GenerationConfig) -> None:
+    if cfg.strategy is not None and cfg.strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES} (greedy, sampling, beam and speculative "
+                         f"follow from the HF arguments), got {_short(cfg.strategy)}")
+    _int(cfg.block_size, "block_size", 1)
+    if cfg.jacobi_init is not None and cfg.jacobi_init not in JACOBI_INITS:
+        raise ValueError(f"`jacobi_init` must be one of {JACOBI_INITS}, got {_short(cfg.jacobi_init)}")
+    if cfg.acceptance is not None and cfg.acceptance not in ACCEPTANCES:
+        raise ValueError(f"`acceptance` must be one of {ACCEPTANCES}, got {_short(cfg.acceptance)}")
+    _int(cfg.acceptance_top_k, "acceptance_top_k", 1)
+
+
+def warn_idle(cfg: GenerationConfig, explicit: set[str]) -> None:
+    """One warning per setting the caller gave that the chosen mode does not use (as HF)."""
+    idle = []
+    if not cfg.do_sample:
+        idle += [n for n, d in SAMPLING_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
+    if cfg.num_beams == 1:
+        idle += [n for n, d in BEAM_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
+    if cfg.assistant_model is None:
+        idle += [n for n, d in ASSISTANT_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
+    if cfg.prompt_lookup_num_tokens is None and "max_matching_ngram_size" in explicit \
+            and cfg.max_matching_ngram_size is not None:
+        idle.append("max_matching_ngram_size")
+    for name in idle:
+        warnings.warn(f"`{name}={_short(getattr(cfg, name))}` has no effect in this decoding mode "
+                      f"(do_sample={cfg.do_sample}, num_beams={cfg.num_beams}"
+                      f"{', no assistant_model' if cfg.assistant_model is None else ''}); it is ignored",
+                      UserWarning, stacklevel=4)

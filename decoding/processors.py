@@ -1,0 +1,117 @@
+"""Logits processors as small pure functions, and the pipeline that chains them in HF 5.x's order:
+repetition penalty, min_new_tokens / min_length eos masking, the caller's `logits_processor`
+callables, then (sampling only) temperature -> top-k -> top-p -> min-p.
+
+Every function maps scores (N, V) float32 to new scores; a removed token gets -inf, as in HF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL's penalty on every token seen so far (seen: (N, V) bool): logits > 0 are divided by
+    the penalty, logits < 0 multiplied, so the token always becomes less likely (penalty > 1)."""
+    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalized, scores)
+
+
+def suppress(scores: Tensor, token_mask: Tensor, rows: Tensor | None = None) -> Tensor:
+    """-inf on the tokens of token_mask (V,) bool, in every row or where rows (N,) bool."""
+    hit = token_mask if rows is None else rows[:, None] & token_mask
+    return scores.masked_fill(hit, NEG_INF)
+
+
+def temperature(scores: Tensor, t: float) -> Tensor:
+    return scores / t
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """Keep the k largest (ties with the k-th kept too)."""
+    k = min(k, scores.shape[-1])
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]  # (N, 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p(scores: Tensor, p: float, min_keep: int = 1) -> Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probability reaches p."""
+    sorted_scores, order = torch.sort(scores, dim=-1)  # ascending
+    tail_mass = sorted_scores.softmax(-1).cumsum(-1)  # (N, V) mass of this token and all less likely
+    drop = tail_mass <= 1 - p
+    drop[..., -min_keep:] = False
+    return scores.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
+
+
+def min_p(scores: Tensor, p: float, min_keep: int = 1) -> Tensor:
+    """Drop tokens whose probability is below p times the top token's."""
+    probs = scores.softmax(-1)
+    drop = probs < p * probs.amax(-1, keepdim=True)
+    drop.scatter_(-1, torch.topk(probs, min(min_keep, probs.shape[-1]), dim=-1).indices, False)
+    return scores.masked_fill(drop, NEG_INF)
+
+
+@dataclass
+class Context:
+    """What the processors may read about the position being scored.
+
+    n_new: tokens already generated before it, a host int (lockstep decoding) or (N,) long;
+    seen: (N, V) bool of prompt + generated tokens (only when a repetition penalty is on);
+    ids: HF-style input_ids (N, L) for the caller's processors, built on demand.
+    """
+    n_new: int | Tensor
+    seen: Tensor | None = None
+    ids: Callable[[], Tensor] | None = None
+
+
+class Pipeline:
+    """The processors a resolved config turns on, in HF 5.x's order; nothing runs for what is off."""
+
+    def __init__(self, cfg, vocab_size: int, device):
+        self.penalty = cfg.repetition_penalty if cfg.repetition_penalty not in (None, 1.0) else None
+        self.min_new = cfg.min_new_tokens or 0
+        self.eos_mask = None
+        if self.min_new and cfg.eos_token_id:
+            self.eos_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            ids = torch.tensor([e for e in cfg.eos_token_id if e < vocab_size], dtype=torch.long, device=device)
+            self.eos_mask[ids] = True
+        self.user = list(cfg.logits_processor or [])
+        self.warpers = []  # (function name in this module, value): looked up at call time
+        if cfg.do_sample:
+            if cfg.temperature is not None and cfg.temperature != 1.0:
+                self.warpers.append(("temperature", cfg.temperature))
+            if cfg.top_k:
+                self.warpers.append(("top_k", cfg.top_k))
+            if cfg.top_p is not None and cfg.top_p < 1.0:
+                self.warpers.append(("top_p", cfg.top_p))
+            if cfg.min_p is not None:
+                self.warpers.append(("min_p", cfg.min_p))
+        self.needs_seen = self.penalty is not None
+        self.needs_ids = bool(self.user)
+        self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warpers)
+
+    def __call__(self, scores: Tensor, ctx: Context) -> Tensor:
+        """scores (N, V) float32 -> processed scores (N, V)."""
+        if not self.active:
+            return scores
+        if self.penalty is not None:
+            scores = repetition_penalty(scores, ctx.seen, self.penalty)
+        if self.eos_mask is not None:
+            if isinstance(ctx.n_new, int):
+                if ctx.n_new < self.min_new:
+                    scores = suppress(scores, self.eos_mask)
+            else:
+                scores = suppress(scores, self.eos_mask, ctx.n_new < self.min_new)
+        if self.user:
+            ids = ctx.ids()
+            for fn in self.user:
+                scores = fn(ids, scores)
+        g = globals()
+        for name, value in self.warpers:
+            scores = g[name](scores, value)
+        return scores

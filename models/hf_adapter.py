@@ -1,0 +1,245 @@
+"""Drive any Hugging Face causal LM through the model protocol (DESIGN.md 3.2-3.4).
+
+The cache is HF's own (whatever the model creates: DynamicCache, with sliding-window layers where the
+config says so) plus a key-validity mask over its slots. Left pads of a prompt and tokens rolled
+back per row are holes (validity 0): HF's attention never sees them, and positions count only the
+real tokens before each one. HF crops every row by the same count, so a per-row truncate makes
+holes and crops only the trailing slots that are holes in every row.
+
+Version differences are read from the forward signature, not the version string: the cache kwarg
+is `cache=` in 5.24 and `past_key_values=` in 5.17 / 4.x; 4.x also needs `cache_position`.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from .protocol import check_input_ids
+
+
+def is_hf_model(model) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def _layers(hf_cache) -> list:
+    """(keys, values, layer) per layer, for 5.x (`.layers`) and 4.x (`.key_cache`) caches."""
+    if hf_cache is None:
+        return []
+    if hasattr(hf_cache, "layers"):
+        return [(getattr(l, "keys", None), getattr(l, "values", None), l) for l in hf_cache.layers]
+    return [(k, v, None) for k, v in zip(getattr(hf_cache, "key_cache", []), getattr(hf_cache, "value_cache", []))]
+
+
+class HFCache:
+    """Cache protocol over an HF cache. `valid` (B, slots) int64 marks real keys; `size` (host int)
+    is HF's slot count; `lengths` int32 [B] counts real tokens per row."""
+
+    def __init__(self, batch_size: int, max_len: int, device):
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+        self.hf = None  # created by the model on the first forward
+        self.max_len = max_len
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.size = 0
+        self.has_holes = False  # host flag: no holes -> no 2D mask, as HF's own generate
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.max_len
+
+    def nbytes(self) -> int:
+        total = 0
+        for k, v, _ in _layers(self.hf):
+            for t in (k, v):
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    # -- used by HFModel.forward --------------------------------------------------------------
+    def _claim(self, T: int, new_valid: Tensor | None) -> Tensor:
+        """Record validity of T new slots (None = all real); returns the (B, size + T) mask of every slot."""
+        if self.size + T > self.valid.shape[1]:  # holes use slots too: grow by doubling
+            grow = max(self.size + T, 2 * self.valid.shape[1]) - self.valid.shape[1]
+            self.valid = torch.cat([self.valid, self.valid.new_zeros(self.batch_size, grow)], 1)
+        self.valid[:, self.size:self.size + T] = 1 if new_valid is None else new_valid
+        return self.valid[:, :self.size + T]
+
+    # -- operations of the cache protocol ----------------------------------------------------
+    def truncate(self, n) -> None:
+        """Drop each row's last n real tokens: they become holes, and trailing slots that are holes
+        in every row are cropped from HF's cache."""
+        n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
+        if bool((n < 0).any()) or bool((n > self.lengths).any()):
+            raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
+                             f"{self.lengths.tolist()}, n {n.tolist()}")
+        if not bool(n.any()):
+            return
+        valid = self.valid[:, :self.size]  # (B, S)
+        after = valid.flip(1).cumsum(1).flip(1)  # real tokens at or after each slot
+        drop = (valid == 1) & (after <= n.long()[:, None])
+        kept = valid.masked_fill(drop, 0)
+        used = kept.any(0).nonzero()
+        new_size = int(used[-1]) + 1 if used.numel() else 0
+        crop = self.size - new_size
+        self._check_rollback(crop, new_holes=bool(drop[:, :new_size].any()))
+        if crop:
+            self.hf.crop(-crop)  # negative count: works in 5.x and 4.x
+        self.valid[:, :self.size] = kept
+        self.size = new_size
+        self.lengths -= n
+        self.has_holes = not bool(kept[:, :new_size].all())
+
+    def _check_rollback(self, crop: int, new_holes: bool) -> None:
+        if crop and getattr(self.hf, "is_croppable", True) is False:  # e.g. recurrent / linear-attention state
+            raise RuntimeError(f"cannot roll back this HF cache ({type(self.hf).__name__}): it keeps state that "
+                               "cannot be cropped; rollback (speculative/Jacobi decoding) needs attention-only layers")
+        for _, _, layer in _layers(self.hf):
+            window = getattr(layer, "sliding_window", None)
+            if not getattr(layer, "is_sliding", False) or not window:
+                continue
+            if self.size >= window and not getattr(layer, "record_past", False):
+                raise RuntimeError(
+                    f"cannot roll back this HF cache: a sliding-window layer (window {window}) is full "
+                    f"({self.size} tokens seen) and drops old keys; rollback (speculative/Jacobi decoding) "
+                    "needs a model without a sliding window or prompts + generation shorter than the window")
+            if new_holes:
+                raise RuntimeError(
+                    "per-row rollback is not supported on HF sliding-window caches (HF's window counts "
+                    "slots, so holes would shift it); use batch size 1 or a model without a sliding window")
+
+    def reorder(self, index: Tensor) -> None:
+        index = self._index(index, "reorder")
+        if index.numel() != self.batch_size:
+            raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
+        if self.hf is not None and self.size:
+            self.hf.reorder_cache(index)
+        self.valid, self.lengths = self.valid[index], self.lengths[index]
+
+    def select(self, index: Tensor) -> None:
+        index = self._index(index, "select")
+        if self.hf is not None and self.size:
+            self.hf.batch_select_indices(index)
+        self.valid, self.lengths = self.valid[index], self.lengths[index]
+
+    def repeat(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"repeat(k) needs k >= 1, got {k}")
+        if self.hf is not None and self.size:
+            self.hf.batch_repeat_interleave(k)
+        self.valid = self.valid.repeat_interleave(k, 0)
+        self.lengths = self.lengths.repeat_interleave(k, 0)
+
+    def _index(self, index, name: str) -> Tensor:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
+        if index.dim() != 1 or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size)):
+            raise IndexError(f"{name}: index must be 1-D with values in [0, {self.batch_size}), got {index.tolist()}")
+        return index
+
+
+class HFModel:
+    """Model protocol over an HF causal LM: `new_cache`, `forward(input_ids, cache, ...) -> logits`."""
+
+    def __init__(self, hf_model):
+        if not is_hf_model(hf_model):
+            raise TypeError(f"HFModel wraps a transformers PreTrainedModel, got {type(hf_model).__name__}")
+        config = hf_model.config
+        if getattr(config, "is_encoder_decoder", False):
+            raise NotImplementedError(
+                f"{type(hf_model).__name__} is an encoder-decoder model; the engine supports decoder-only "
+                "causal LMs for now (use the model's own generate())")
+        if hf_model.get_output_embeddings() is None:
+            raise TypeError(f"{type(hf_model).__name__} has no language-modeling head; load it with "
+                            "AutoModelForCausalLM")
+        params = inspect.signature(hf_model.forward).parameters
+        if "cache" in params:
+            self.cache_kw = "cache"  # transformers >= 5.2x
+        elif "past_key_values" in params:
+            self.cache_kw = "past_key_values"  # 5.17 and 4.x
+        else:
+            raise TypeError(f"{type(hf_model).__name__}.forward takes no KV cache argument")
+        self.needs_cache_position = "cache_position" in params  # 4.x
+        self.takes_logits_to_keep = "logits_to_keep" in params
+        self.hf = hf_model
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.config = text
+        self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
+        self.embed_size = int(hf_model.get_input_embeddings().weight.shape[0])  # ids must be below this
+        self.max_positions = getattr(text, "max_position_embeddings", None)
+
+    @property
+    def device(self):
+        return self.hf.device
+
+    @property
+    def dtype(self):
+        return self.hf.dtype
+
+    @property
+    def generation_config(self):
+        return getattr(self.hf, "generation_config", None)
+
+    def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> HFCache:
+        """`max_len` = real tokens per row; HF's cache grows as needed (dtype follows the model)."""
+        if self.max_positions and max_len > self.max_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
+        return HFCache(batch_size, max_len, device or self.device)
+
+    def forward(self, input_ids: Tensor, cache: HFCache, *, positions: Tensor | None = None,
+                attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+        """Append T new tokens (real where attention_mask is 1) to `cache`; logits (B, T', V)."""
+        check_input_ids(input_ids, self.embed_size)
+        B, T = input_ids.shape
+        if not isinstance(cache, HFCache):
+            raise TypeError(f"cache must come from model.new_cache(), got {type(cache).__name__}")
+        if cache.batch_size != B or T == 0:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} does not fit a cache of {cache.batch_size} rows")
+        if attention_mask is None:
+            new_valid = None
+        else:
+            if tuple(attention_mask.shape) != (B, T):
+                raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
+            new_valid = attention_mask.long()
+            if not cache.has_holes and not bool(new_valid.all()):  # one sync, only when a mask is passed
+                cache.has_holes = True
+        n_new = T if new_valid is None else new_valid.sum(1)
+        # lengths <= size (host), so the exact check (a sync) runs only near the capacity
+        if cache.size + T > cache.capacity and int((cache.lengths + n_new).max()) > cache.capacity:
+            raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {T} new tokens > capacity "
+                             f"{cache.capacity}; create the cache with a larger max_len")
+        if positions is None:  # real tokens before each one; pads get 1 (valid for learned positions)
+            if new_valid is None:
+                positions = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
+            else:
+                positions = (cache.lengths.long()[:, None] + new_valid.cumsum(1) - 1).masked_fill(new_valid == 0, 1)
+        mask = cache._claim(T, new_valid)
+        kwargs = dict(position_ids=positions, use_cache=True, return_dict=True)
+        if cache.has_holes:
+            kwargs["attention_mask"] = mask
+        if cache.hf is not None:
+            kwargs[self.cache_kw] = cache.hf
+        if self.needs_cache_position:
+            kwargs["cache_position"] = torch.arange(cache.size, cache.size + T, device=input_ids.device)
+        if self.takes_logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        out = self.hf(input_ids=input_ids, **kwargs)
+        hf_cache = out.get("cache", None)
+        cache.hf = hf_cache if hf_cache is not None else out.get("past_key_values", None)
+        cache.size += T
+        cache.lengths += n_new if isinstance(n_new, int) else n_new.to(torch.int32)
+        logits = out.logits
+        if logits_to_keep and not self.takes_logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return logits
+
+    __call__ = forward
