@@ -2,21 +2,63 @@
 
 Everything that depends only on the batch layout (which slot each query sits in, which keys it may
 see) is computed once per forward in `AttentionBatch` and shared by all layers.
+
+Two paths. The decode kernel (`kernels.decode_attention`) when its dispatcher picks Triton (CUDA
+tensors, or DECODING_ATTN=triton) and the queries are in its layout: each row's real queries come
+first, pads after, and the real ones take the row's last slots (decode steps, verify blocks, the
+static CUDA-graph step). Otherwise SDPA with an explicit mask: the CPU default, prefills, and any
+other layout (a left-padded prompt, a mask with holes).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Longer blocks are prefills: compute-bound, where SDPA's flash kernels win; the decode kernel's
+# (group * T)-row query blocks are sized for memory-bound steps.
+KERNEL_MAX_TOKENS = 64
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def kernel_for(x: Tensor, T: int):
+    """`kernels.decode_attention` if its backend for x's device is Triton and T fits, else None.
+    Reads DECODING_ATTN now (once per forward)."""
+    if T > KERNEL_MAX_TOKENS or not (x.is_cuda or os.environ.get("DECODING_ATTN")):
+        return None  # the CPU default: SDPA, without loading Triton
+    import kernels
+    return kernels.decode_attention if kernels.backend(x) == "triton" else None
+
+
+def _kernel_layout(slots: Tensor, lengths: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """q_lens (B,) int32, and a 0-dim bool: every row is its q_len real queries then pads, query t
+    at slot lengths - q_len + t (what the kernel's causal rule assumes)."""
+    valid = valid.bool()
+    t = torch.arange(slots.shape[1], device=slots.device)
+    q_lens = valid.sum(1, dtype=torch.int32)
+    prefix = valid == (t < q_lens[:, None])
+    at_end = ~valid | (slots == (lengths - q_lens).long()[:, None] + t)
+    return q_lens, (prefix & at_end).all()
+
 
 class AttentionBatch:
-    """Layout of one forward: query slots (B, T), lengths after the write (B,), real-query mask (B, T)."""
+    """Layout of one forward: query slots (B, T), lengths after the write (B,), real-query mask (B, T).
+    `kernel` is the decode kernel when this layout can use it (else None), with `q_lens` (B,)."""
 
     def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor):
         self.slots, self.lengths, self.valid = slots, lengths, valid
-        self.kv_len = int(lengths.max())  # keys past the longest row are never read
         self._masks: dict[int, Tensor | None] = {}
+        self.kernel, self.q_lens = kernel_for(slots, slots.shape[1]), None
+        if self.kernel is None:
+            self.kv_len = int(lengths.max())  # keys past the longest row are never read
+            return
+        self.q_lens, ok = _kernel_layout(slots, lengths, valid)
+        kv_len, ok = torch.stack([lengths.max().long(), ok.long()]).tolist()  # one read-back for both
+        self.kv_len = kv_len
+        if not ok:
+            self.kernel = None
 
     def mask(self, window: int) -> Tensor | None:
         """(B, 1, T, kv_len) bool, True = visible; None when every query sees every key."""
@@ -36,9 +78,12 @@ class AttentionBatch:
 
 def attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, batch: AttentionBatch, *, window: int = 0,
            sm_scale: float) -> Tensor:
-    """q (B, T, Hq, D), caches (B, Hkv, S, D) -> (B, T, Hq, D)."""
+    """q (B, T, Hq, D), caches (B, Hkv, S, D) -> (B, T, Hq, D). Padded query rows are zeros on the
+    kernel path and unspecified on the SDPA path: callers ignore them."""
     L = batch.kv_len
     k, v = k_cache[:, :, :L], v_cache[:, :, :L]
+    if batch.kernel is not None and q.dtype == k.dtype and q.dtype in KERNEL_DTYPES and q.shape[-1] <= 256:
+        return batch.kernel(q, k, v, batch.lengths, q_lens=batch.q_lens, window=window, sm_scale=sm_scale)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=batch.mask(window),
                                          scale=sm_scale, enable_gqa=k.shape[1] != q.shape[2])
     return out.transpose(1, 2)

@@ -11,17 +11,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .attention import AttentionBatch
+from .attention import AttentionBatch, kernel_for
 from .rope import rope_cos_sin
 
 
 class StaticAttentionBatch(AttentionBatch):
-    """Every row reads all `capacity` slots; visibility comes from the device-side slots only."""
+    """Every row reads all `capacity` slots; visibility comes from the device-side slots only.
+    All T queries are real and end at each row's length, the decode kernel's layout: on CUDA it
+    runs with q_lens=None and reads the lengths on the device (no read-back, graph-capturable)."""
 
     def __init__(self, slots: Tensor, lengths: Tensor, capacity: int):
         self.slots, self.lengths, self.valid = slots, lengths, None
         self.kv_len = capacity
         self._masks = {}
+        self.kernel, self.q_lens = kernel_for(slots, slots.shape[1]), None
 
     def mask(self, window: int) -> Tensor:
         if window not in self._masks:
