@@ -50,6 +50,7 @@ class GenerationConfig:
     num_assistant_tokens_schedule: str | None = None
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int | None = None
+    assistant_confidence_threshold: float | None = None
     # the engine's own modes
     strategy: str | None = None
     block_size: int | None = None
@@ -75,15 +76,12 @@ HF_DEFAULTS = dict(
     repetition_penalty=1.0, num_beams=1, num_beam_groups=1, diversity_penalty=0.0, length_penalty=1.0,
     early_stopping=False, num_return_sequences=1, use_cache=True, output_scores=False,
     return_dict_in_generate=False, num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+    assistant_confidence_threshold=0.4,
 )
 
 # Modes and HF arguments that do not run yet, with the values that leave them off. Drop an entry
 # when its issue lands (beam search: num_beams...; speculative: assistant_model...).
 NOT_IMPLEMENTED = {
-    "num_beams": (None, 1),
-    "num_beam_groups": (None, 1),
-    "assistant_model": (None,),
-    "prompt_lookup_num_tokens": (None,),
     "strategy": (None,),
     "block_size": (None,),
     "jacobi_init": (None,),
@@ -112,13 +110,18 @@ HF_OTHER = {
 
 # HF arguments that cannot change the result here: accepted and ignored.
 IGNORED = {"cache_implementation", "cache_config", "compile_config", "disable_compile", "trust_remote_code",
-           "return_legacy_cache", "is_assistant", "assistant_confidence_threshold", "assistant_lookbehind",
+           "return_legacy_cache", "is_assistant", "assistant_lookbehind",
            "target_lookbehind", "decoder_start_token_id", "use_model_defaults", "prefill_chunk_size"}
 
 # Settings that only act in some modes: (applies?, HF default) -> a warning when set but idle.
 SAMPLING_ONLY = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
 BEAM_ONLY = {"length_penalty": 1.0, "early_stopping": False, "diversity_penalty": 0.0}
-ASSISTANT_ONLY = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant"}
+ASSISTANT_ONLY = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
+                  "assistant_confidence_threshold": 0.4}
+# HF reads these from the ASSISTANT's generation_config (DESIGN.md 3.4); here a value passed to
+# generate() still wins, then generation_config=, the assistant's config, the target's, HF's defaults.
+ASSISTANT_FIELDS = tuple(ASSISTANT_ONLY)
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")  # heuristic is per call here: both alike
 
 
 def _is_off(value, off_values) -> bool:
@@ -204,12 +207,17 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     check_names(kwargs, unknown_only=True)
     from_obj = _config_items(passed_cfg)
     from_model = model_defaults(model)
+    assistant = kwargs["assistant_model"] if "assistant_model" in kwargs else from_obj.get("assistant_model")
+    from_assistant = {} if assistant is None else \
+        {n: v for n, v in model_defaults(assistant).items() if n in ASSISTANT_FIELDS}
     values = {}
     for name in FIELDS:
         if name in kwargs:
             values[name] = kwargs[name]
         elif name in from_obj:
             values[name] = from_obj[name]
+        elif name in from_assistant:
+            values[name] = from_assistant[name]
         elif name in from_model and name not in RUNTIME:
             values[name] = from_model[name]
         else:
@@ -235,6 +243,10 @@ def normalise(cfg: GenerationConfig) -> None:
     cfg.do_sample = cfg.do_sample is True
     cfg.num_return_sequences = 1 if cfg.num_return_sequences is None else cfg.num_return_sequences
     cfg.num_beams = 1 if cfg.num_beams is None else cfg.num_beams
+    cfg.num_beam_groups = 1 if cfg.num_beam_groups is None else cfg.num_beam_groups
+    cfg.diversity_penalty = 0.0 if cfg.diversity_penalty is None else cfg.diversity_penalty
+    cfg.length_penalty = 1.0 if cfg.length_penalty is None else cfg.length_penalty
+    cfg.early_stopping = False if cfg.early_stopping is None else cfg.early_stopping
     cfg.output_scores = bool(cfg.output_scores)
     eos = cfg.eos_token_id
     if isinstance(eos, torch.Tensor):
@@ -314,7 +326,61 @@ def validate(cfg: GenerationConfig) -> None:
     _int(cfg.seed, "seed", 0)
     if cfg.generator is not None and not isinstance(cfg.generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator, got {type(cfg.generator).__name__}")
+    validate_assisted(cfg)
+    validate_beams(cfg)
     validate_engine_args(cfg)
+
+
+def validate_beams(cfg: GenerationConfig) -> None:
+    """Beam and diverse beam search settings (HF 5.x / 4.55 rules), then what does not run yet."""
+    _int(cfg.num_beam_groups, "num_beam_groups", 1)
+    _num(cfg.length_penalty, "length_penalty")
+    if _num(cfg.diversity_penalty, "diversity_penalty") < 0:
+        raise ValueError(f"`diversity_penalty` must be >= 0 (0 = off), got {cfg.diversity_penalty}")
+    if not (isinstance(cfg.early_stopping, bool) or cfg.early_stopping == "never"):
+        raise ValueError(f"`early_stopping` must be True, False or 'never', got {_short(cfg.early_stopping)}")
+    if cfg.num_beams > 1 and cfg.num_return_sequences > cfg.num_beams:
+        raise ValueError(f"`num_return_sequences` ({cfg.num_return_sequences}) must be <= `num_beams` "
+                         f"({cfg.num_beams}): beam search returns its best beams")
+    if cfg.num_beam_groups > 1:
+        if cfg.num_beam_groups > cfg.num_beams:
+            raise ValueError(f"`num_beam_groups` ({cfg.num_beam_groups}) must be <= `num_beams` ({cfg.num_beams}): "
+                             "every group needs at least one beam")
+        if cfg.num_beams % cfg.num_beam_groups:
+            raise ValueError(f"`num_beams` ({cfg.num_beams}) must be divisible by `num_beam_groups` "
+                             f"({cfg.num_beam_groups}): groups have equal sizes")
+        if cfg.do_sample:
+            raise ValueError("diverse beam search (num_beam_groups > 1) is deterministic: set do_sample=False")
+    if cfg.num_beams > 1 and cfg.do_sample:
+        raise NotImplementedError("beam sampling (do_sample=True with num_beams > 1) is not implemented by the "
+                                  "engine yet; call the model's own generate() for it")
+    if cfg.num_beams > 1 and cfg.stop_strings is not None:
+        raise NotImplementedError("`stop_strings` with beam search is not implemented by the engine yet; call "
+                                  "the model's own generate() for it")
+
+
+def validate_assisted(cfg: GenerationConfig) -> None:
+    """Speculative decoding's arguments: a draft model or prompt lookup, k >= 1, no beams."""
+    _int(cfg.num_assistant_tokens, "num_assistant_tokens", 1)
+    _int(cfg.prompt_lookup_num_tokens, "prompt_lookup_num_tokens", 1)
+    _int(cfg.max_matching_ngram_size, "max_matching_ngram_size", 1)
+    if cfg.num_assistant_tokens_schedule is not None and cfg.num_assistant_tokens_schedule not in SCHEDULES:
+        raise ValueError(f"`num_assistant_tokens_schedule` must be one of {SCHEDULES}, "
+                         f"got {_short(cfg.num_assistant_tokens_schedule)}")
+    threshold = cfg.assistant_confidence_threshold
+    if threshold is not None and not 0 <= _num(threshold, "assistant_confidence_threshold") <= 1:
+        raise ValueError(f"`assistant_confidence_threshold` must lie in [0, 1] (0 = off), got {threshold}")
+    if cfg.assistant_model is None and cfg.prompt_lookup_num_tokens is None:
+        return
+    if cfg.assistant_model is not None and cfg.prompt_lookup_num_tokens is not None:
+        raise ValueError("pass `assistant_model` (a draft model) or `prompt_lookup_num_tokens` (n-gram "
+                         "lookup), not both")
+    mode = "assistant_model" if cfg.assistant_model is not None else "prompt_lookup_num_tokens"
+    if cfg.num_beams > 1:
+        raise ValueError(f"`{mode}` (speculative decoding) does not combine with beam search (num_beams="
+                         f"{cfg.num_beams}); use num_beams=1")
+    if cfg.strategy is not None:
+        raise ValueError(f"`{mode}` (speculative decoding) does not combine with strategy={cfg.strategy!r}")
 
 
 STRATEGIES = ("jacobi", "gs_jacobi", "sjd", "blockwise")
@@ -341,6 +407,11 @@ def warn_idle(cfg: GenerationConfig, explicit: set[str]) -> None:
         idle += [n for n, d in SAMPLING_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
     if cfg.num_beams == 1:
         idle += [n for n, d in BEAM_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
+    elif cfg.num_beam_groups == 1 and "diversity_penalty" in explicit and cfg.diversity_penalty:
+        idle.append("diversity_penalty")  # only acts between groups
+    elif cfg.num_beam_groups > 1 and not cfg.diversity_penalty:
+        warnings.warn("num_beam_groups > 1 with diversity_penalty=0: every group will find the same beams "
+                      "(transformers 4.55 refuses this setting)", UserWarning, stacklevel=4)
     if cfg.assistant_model is None:
         idle += [n for n, d in ASSISTANT_ONLY.items() if n in explicit and getattr(cfg, n) not in (d, None)]
     if cfg.prompt_lookup_num_tokens is None and "max_matching_ngram_size" in explicit \

@@ -78,8 +78,9 @@ class StaticCache:
         index = self._check_index(index, "reorder")
         if index.numel() != self.batch_size:
             raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
+        L = int(self.lengths.max())  # only the filled slots move (a beam step's main cost on CPU)
         for buf in self.k + self.v:  # in place: buffers keep their addresses for CUDA graphs
-            buf.copy_(buf.index_select(0, index))
+            buf[:, :, :L] = buf[:, :, :L].index_select(0, index)
         self.lengths.copy_(self.lengths.index_select(0, index))
 
     def select(self, index: Tensor) -> None:

@@ -39,7 +39,7 @@ def test_unknown_argument_is_a_type_error(hf, forwards, kw, name):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(num_beams=2), dict(num_beam_groups=2), dict(prompt_lookup_num_tokens=3), dict(no_repeat_ngram_size=2),
+    dict(no_repeat_ngram_size=2),
     dict(typical_p=0.5), dict(output_attentions=True), dict(stopping_criteria=[lambda ids, s: False]),
     dict(bad_words_ids=[[3]]), dict(past_key_values=object()), dict(forced_eos_token_id=2),
     dict(strategy="jacobi"), dict(block_size=4), dict(jacobi_init="ngram"), dict(heads="heads.pt"),
@@ -47,10 +47,6 @@ def test_unknown_argument_is_a_type_error(hf, forwards, kw, name):
 ])
 def test_hf_or_engine_argument_not_implemented_yet(hf, forwards, kw):
     raises(NotImplementedError, f"`{next(iter(kw))}", hf, forwards, **kw)
-
-
-def test_assistant_model_not_implemented_yet(hf, forwards):
-    raises(NotImplementedError, "`assistant_model", hf, forwards, assistant_model=tiny("llama", seed=1))
 
 
 def test_unimplemented_setting_in_a_generation_config(hf, forwards):
@@ -151,8 +147,6 @@ def test_native_model_errors():
         decoding.generate(native, torch.tensor([[5, 96]]), max_new_tokens=2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         decoding.generate(native, IDS, max_new_tokens=253)
-    with pytest.raises(NotImplementedError, match="num_beams"):
-        decoding.generate(native, IDS, num_beams=3)
 
 
 def test_idle_settings_warn(hf):

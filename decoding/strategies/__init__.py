@@ -6,9 +6,14 @@ drives a `decoding.state.DecodeState`.
 """
 from __future__ import annotations
 
-from . import greedy
+from . import greedy, speculative
 
 
 def select(cfg):
+    if cfg.assistant_model is not None or cfg.prompt_lookup_num_tokens is not None:
+        return speculative.run
+    if cfg.num_beams > 1:  # diverse beam search is beam search with groups
+        from . import beam, diverse_beam
+        return diverse_beam.run if cfg.num_beam_groups > 1 else beam.run
     # beam search, speculative and parallel decoding slot in here as their issues land
     return greedy.run
