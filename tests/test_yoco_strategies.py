@@ -37,3 +37,11 @@ def test_sampling_on_yoco_runs_and_is_seeded():
     a = decoding.generate(m, PROMPTS, do_sample=True, seed=3, **COMMON).sequences
     b = decoding.generate(m, PROMPTS, do_sample=True, seed=3, **COMMON).sequences
     assert torch.equal(a, b) and a.shape[1] == 7 + 14
+
+
+def test_beam_on_yoco_equals_recompute():
+    same(yoco(), num_beams=3, num_return_sequences=2, length_penalty=0.5)
+
+
+def test_diverse_beam_on_yoco_equals_recompute():
+    same(yoco(seed=1), num_beams=4, num_beam_groups=2, diversity_penalty=0.7)
