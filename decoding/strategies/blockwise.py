@@ -1,0 +1,158 @@
+"""Blockwise parallel decoding (Stern et al., "Blockwise Parallel Decoding for Deep Autoregressive
+Models") on the propose-verify skeleton (decoding/verify.py), at any batch size.
+
+The combined predict-and-verify step: ONE target forward over [pending token, k proposals]
+  - verifies the proposals: position i is the target's score of the token after proposals[:i];
+    "exact" accepts while a proposal equals the target's argmax (token-identical to greedy),
+    "topk" while it lies within the target's acceptance_top_k best tokens there (default 2; the
+    paper's lossy mode);
+  - predicts the next block: at the position after the last accepted proposal the target's argmax
+    is the next token (always kept), and heads 1..k on the SAME hidden state guess the k tokens
+    after it. So every round costs one target forward; round 1 is the prefill, which only predicts.
+
+block_size = proposals per round = heads used (heads.first(block_size), default all); a round
+emits up to block_size + 1 tokens, which is the paper's block size k (it counts the target's own
+p_1). heads = a directory or a models.heads.BlockwiseHeads module; default the shipped heads, for
+the shipped target only (recognised by config and weights). Rounds run in verify.speculate, so
+whatever it records per round (verify.Round) covers blockwise too.
+
+Processors: the target's scores are processed per position exactly as greedy processes them
+(repetition penalty, min_new_tokens, logits_processor), so exact acceptance stays identical to
+greedy with them. The heads' guesses go through the same processors (as the draft's in speculative
+decoding: earlier guesses count as seen), which only helps them agree with the processed target.
+
+Native decoders only: the heads read the target's final-norm hidden state (`return_hidden=True`),
+and rollback is the native cache's per-row truncate. HF models are refused: their adapter has no
+cheap hidden-state path, and heads are trained per target anyway (models/train_heads.py).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..output import GenerationOutput
+from ..verify import Constant, Proposal, Proposer, Round, Setup, greedy_accept, process, speculate
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped"
+DEFAULT_TOP_K = 2  # acceptance="topk" without acceptance_top_k
+
+
+class HeadsProposer(Proposer):
+    """Proposals from the heads on the hidden state the target's own next-token prediction came from."""
+
+    def __init__(self, target, heads):
+        self.target, self.heads = target, heads
+
+    def start(self, setup: Setup) -> None:
+        self.setup = setup
+        self.guess = None  # (B, k) next round's proposals; none before the prefill
+
+    def target_forward(self, target, ids: Tensor, cache, mask: Tensor | None, keep: int) -> Tensor:
+        logits, self.hidden = target(ids, cache, attention_mask=mask, logits_to_keep=keep, return_hidden=True)
+        return logits  # hidden (B, keep, dim) waits for observe
+
+    def propose(self, state, k: int) -> Proposal:
+        if self.guess is None or k == 0:
+            return Proposal(state.sequences.new_zeros(state.batch_size, 0))
+        return Proposal(self.guess[:, :k])
+
+    def observe(self, rnd: Round) -> None:
+        s, B = self.setup, rnd.accepted.shape[0]
+        # position accepted[b] gave the round's own token (correction / bonus): its heads guess what follows
+        h = self.hidden[torch.arange(B, device=rnd.accepted.device), rnd.accepted]  # (B, dim)
+        logits = self.heads(h[:, None], self.target.lm_head)[:, 0, :, :s.vocab].float()  # (B, k, V)
+        if not s.pipeline.active:
+            self.guess = logits.argmax(-1)
+            return
+        guess = logits.new_zeros(B, 0, dtype=torch.long)
+        for j in range(logits.shape[1]):  # guess j follows the kept tokens and guesses 0..j-1
+            scores = process(s.pipeline, s.state, logits[:, j], guess, first=j)
+            guess = torch.cat([guess, scores.argmax(-1)[:, None]], 1)
+        self.guess = guess
+
+
+def topk_accept(top_k: int):
+    """The paper's relaxed rule: accept while the proposal is within the target's top-k (ties with
+    the k-th score count as inside, as the top_k processor keeps them); the next token is still the
+    target's argmax. Lossy: the output is no longer greedy's."""
+    def rule(proposal: Proposal, scores: Tensor, generator=None) -> tuple[Tensor, Tensor]:
+        draft = proposal.tokens  # (B, K)
+        K = draft.shape[1]
+        best = scores.argmax(-1)  # (B, K+1)
+        s = scores[:, :K]
+        kth = s.topk(min(top_k, s.shape[-1]), -1).values[..., -1]  # (B, K)
+        mine = s.gather(-1, draft[..., None]).squeeze(-1)
+        ok = (mine >= kth) & (mine > float("-inf"))  # a suppressed token is never accepted
+        accepted = ok.long().cumprod(1).sum(1)
+        return accepted, best.gather(1, accepted[:, None]).squeeze(1)
+    return rule
+
+
+# -- the heads and checks before any work --------------------------------------------------------------
+
+def is_shipped_target(model) -> bool:
+    """The shipped target, recognised by its config and a few embedding rows (any dtype)."""
+    from models.config import DecoderConfig
+    c = getattr(model, "config", None)
+    d = SHIPPED / "target"
+    if not isinstance(c, DecoderConfig) or not (d / "config.json").exists():
+        return False
+    if c != DecoderConfig.load(d / "config.json"):
+        return False
+    from safetensors import safe_open
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        ref = f.get_slice("embed.weight")[:8].float()
+    mine = model.embed.weight[:8].detach().float().cpu()
+    return torch.allclose(mine, ref, rtol=1e-2, atol=1e-3)
+
+
+def resolve_heads(target, heads, block_size):
+    """The heads module (block_size of them), loaded and checked against the target."""
+    from models.heads import load_heads
+    if heads is None:
+        if not is_shipped_target(target):
+            raise ValueError("strategy='blockwise' needs heads=PATH (or a models.heads.BlockwiseHeads module) "
+                             "trained for this model; the shipped heads (models/shipped/heads) serve only the "
+                             "shipped target. Train heads with `python -m models.train_heads --target DIR --out DIR`.")
+        heads = SHIPPED / "heads"
+    if not isinstance(heads, (str, Path, torch.nn.Module)):
+        raise TypeError(f"heads must be a directory path or a models.heads.BlockwiseHeads module, "
+                        f"got {type(heads).__name__}")
+    module = load_heads(heads, target)
+    k = block_size if block_size is not None else module.k
+    if k > module.k:
+        raise ValueError(f"block_size={k} exceeds the {module.k} proposal heads of heads={_name(heads)}: "
+                         f"use block_size <= {module.k} (proposals per round) or heads trained with a larger k")
+    return module if k == module.k else module.first(k)
+
+
+def _name(heads) -> str:
+    return str(heads) if isinstance(heads, (str, Path)) else type(heads).__name__
+
+
+def check_target(model) -> None:
+    if getattr(model, "hf", None) is not None:
+        raise NotImplementedError("strategy='blockwise' runs on native decoders only (models.LlamaDecoder, "
+                                  "YOCODecoder): its heads read the target's final hidden state, which the Hugging "
+                                  "Face adapter does not expose cheaply; use greedy or speculative decoding")
+    if "return_hidden" not in inspect.signature(model.forward).parameters:
+        raise TypeError(f"strategy='blockwise': {type(model).__name__}.forward has no return_hidden=True, which the "
+                        "proposal heads need (native decoders have it)")
+
+
+def run(model, prompt, cfg, stop=None) -> GenerationOutput:
+    check_target(model)
+    heads = resolve_heads(model, cfg.heads, cfg.block_size)
+    k = heads.k
+    bound = getattr(getattr(model, "config", None), "max_rollback", None)  # YOCO's window rings
+    if bound is not None and k > bound:
+        raise ValueError(f"block_size={k} exceeds max_rollback={bound} of the model's cache (the proposals a round "
+                         "can roll back); lower block_size or build the model with a larger max_rollback")
+    if cfg.acceptance == "topk":
+        rule = topk_accept(cfg.acceptance_top_k or DEFAULT_TOP_K)
+    else:
+        rule = greedy_accept
+    return speculate(model, prompt, cfg, stop, HeadsProposer(model, heads), rule, Constant(k))
