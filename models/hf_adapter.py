@@ -226,6 +226,9 @@ class HFModel:
         kwargs = dict(position_ids=positions, use_cache=True, return_dict=True)
         if cache.has_holes:
             kwargs["attention_mask"] = mask
+            if getattr(self.hf.config, "_attn_implementation", None) == "decoding_decode":
+                from .hf_attention import kv_start_kwargs  # left pads as kv_start for the Triton kernel
+                kwargs.update(kv_start_kwargs(mask))
         if cache.hf is not None:
             kwargs[self.cache_kw] = cache.hf
         if self.needs_cache_position:
