@@ -45,3 +45,49 @@ def test_beam_on_yoco_equals_recompute():
 
 def test_diverse_beam_on_yoco_equals_recompute():
     same(yoco(seed=1), num_beams=4, num_beam_groups=2, diversity_penalty=0.7)
+
+
+def yoco_heads(model, k):
+    from models.heads import BlockwiseHeads, HeadsConfig
+    h = BlockwiseHeads(model.config.dim, k, config=HeadsConfig.for_target(model, k))
+    with torch.no_grad():
+        h.w2.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    return h
+
+
+def test_blockwise_on_yoco_equals_recompute_greedy():
+    # the oracle cannot return hidden states: exact blockwise must give its greedy output
+    m = yoco(window=3, max_rollback=4)
+    a = decoding.generate(m, PROMPTS, strategy="blockwise", heads=yoco_heads(m, 4), **COMMON)
+    b = decoding.generate(RecomputeModel(m), PROMPTS, **COMMON).sequences
+    assert torch.equal(a.sequences, b), (a.sequences, b)
+    assert a.stats.target_forwards < 14 + 1  # some proposals accepted
+
+
+def test_blockwise_block_beyond_yoco_rollback_is_an_error():
+    m = yoco(max_rollback=2)
+    with pytest.raises(ValueError, match="max_rollback=2"):
+        decoding.generate(m, PROMPTS, strategy="blockwise", heads=yoco_heads(m, 3), **COMMON)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second thread only adds sync cost (several times slower beside a training job)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("strategy,init,n", [("jacobi", "ngram", 6), ("gs_jacobi", "repeat", 4)])
+def test_jacobi_on_yoco_equals_recompute(strategy, init, n, one_thread):
+    """Rollback through the window rings (max_rollback) at every iteration, rows ragged; the
+    output is greedy's too."""
+    m = yoco(seed=2)
+    out = same(m, strategy=strategy, jacobi_init=init, block_size=n)
+    assert torch.equal(out, decoding.generate(m, PROMPTS, **COMMON).sequences)
+
+
+def test_jacobi_block_beyond_yoco_rollback_is_refused():
+    with pytest.raises(ValueError, match="max_rollback"):
+        decoding.generate(yoco(max_rollback=4), PROMPTS, strategy="jacobi", block_size=8, **COMMON)
