@@ -1,5 +1,4 @@
-import sys
+"""`python -m decoding ...`: see decoding/cli.py."""
+from .cli import main
 
-print("[placeholder] the CLI (`python -m decoding generate ...`) lands with the generate/CLI issues; "
-      "the foundation (models/) is installed.")
-sys.exit(0)
+raise SystemExit(main())

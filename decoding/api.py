@@ -2,6 +2,7 @@
 to a strategy (DESIGN.md 3.1)."""
 from __future__ import annotations
 
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ _ADAPTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def as_decoder(model):
     """The model behind the model protocol: HF causal LMs through the adapter, native ones as is."""
     from models.hf_adapter import HFModel, is_hf_model
-    if is_hf_model(model):
+    # no PreTrainedModel exists before transformers.modeling_utils is imported; importing it to ask
+    # costs seconds, which the first call's wall_s (tokens/s) would count
+    if "transformers.modeling_utils" in sys.modules and is_hf_model(model):
         adapter = _ADAPTERS.get(model)
         if adapter is None:
             adapter = _ADAPTERS[model] = HFModel(model)  # raises for encoder-decoder / no LM head

@@ -21,8 +21,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.n_eps = torch.tensor([float(dim), eps]).unbind()  # CPU path's operands (plain, not buffers)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and x.device.type == "cpu":
+            # the float32 formula below without its no-op casts and Python-scalar operands (a scalar op costs
+            # a CPU decode step a few us); mean is sum / n on CPU, so the bits are the same
+            n, eps = self.n_eps
+            return self.weight * (x * torch.rsqrt((x * x).sum(-1, keepdim=True) / n + eps))
         # float32 statistics, as HF Llama, so imported weights give the same logits
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -41,11 +47,10 @@ class Attention(nn.Module):
 
     def project(self, x: Tensor, cos: Tensor, sin: Tensor):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
-                                      self.n_kv_heads * self.head_dim], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
-        return q, k, v.view(B, T, self.n_kv_heads, self.head_dim)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x)
+        qk = apply_rope(qkv[..., :(H + Hkv) * D].view(B, T, H + Hkv, D), cos, sin)  # q and k rotated at once
+        return qk[:, :, :H], qk[:, :, H:], qkv[..., (H + Hkv) * D:].view(B, T, Hkv, D)
 
     def forward(self, x, cos, sin, cache: StaticCache, batch: AttentionBatch) -> Tensor:
         B, T, _ = x.shape

@@ -101,7 +101,8 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True, **_) -> str:
         """Text of `ids` (list, tensor or array). Special tokens decode to '' (SentencePiece)."""
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        ids = [ids] if isinstance(ids, int) else list(ids)  # one id, as HF (TextStreamer decodes one at a newline)
         if ids and isinstance(ids[0], list):
             raise TypeError("decode takes one sequence; use batch_decode for a batch")
         bad = [i for i in ids if not 0 <= i < self.vocab_size]

@@ -1,0 +1,265 @@
+"""`python -m decoding generate ...` and `python -m decoding bench ...`.
+
+generate: load a model directory (a native checkpoint or an HF model directory; the shipped target
+when --model is left out), stream the completion as it is decoded, then print one stats line.
+Every engine option is passed through only when given, so the engine resolves defaults as HF does
+and answers what it cannot run with its own NotImplementedError (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
+EXIT_LOAD, EXIT_USAGE = 1, 2
+SMALL_MODEL = 50_000_000  # parameters; below this, one CPU thread decodes fastest
+
+
+class CLIError(Exception):
+    """A message for the user and an exit code, no traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_LOAD):
+        super().__init__(message)
+        self.code = code
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def _model_type(directory: Path) -> str:
+    if not directory.exists():
+        raise CLIError(f"no such model directory: {directory}")
+    if not directory.is_dir():
+        raise CLIError(f"{directory} is a file; --model takes a directory (safetensors + config.json)")
+    config = directory / "config.json"
+    if not config.exists():
+        raise CLIError(f"{directory} is not a model directory: it has no config.json (expected a native "
+                       "checkpoint or a Hugging Face model directory: config.json + *.safetensors)")
+    try:
+        return json.loads(config.read_text()).get("model_type", "")
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{config} is not valid JSON: {e}") from None
+
+
+def load_model(path, *, device, dtype, native: bool = False):
+    """A native decoder (native checkpoints; HF Llama-family directories with native=True) or an HF
+    causal LM (any other HF directory, run through the adapter)."""
+    import torch
+    directory = Path(path) if path is not None else SHIPPED / "target"
+    kind = _model_type(directory)
+    try:
+        if kind.startswith("native_") or native:
+            from models import checkpoint
+            model = checkpoint.load(directory, dtype=dtype, device=device)
+        else:
+            from transformers import AutoModelForCausalLM
+            model = AutoModelForCausalLM.from_pretrained(directory).eval()
+            model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    except CLIError:
+        raise
+    except Exception as e:  # safetensors, config and transformers errors: all "this cannot be loaded"
+        raise CLIError(f"cannot load a model from {directory}: {type(e).__name__}: {e}") from None
+    return model.eval() if isinstance(model, torch.nn.Module) else model
+
+
+def _vocab(model) -> int:
+    return int(getattr(model, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+
+
+def load_tokenizer(path, model_dir, model):
+    """--tokenizer, else the model directory's own, else the shipped one if the vocabularies agree."""
+    from models.tokenizer import Tokenizer
+    for candidate in ([Path(path)] if path else []) + ([Path(model_dir)] if model_dir else []):
+        if candidate.is_file():
+            return Tokenizer.load(candidate)
+        if (candidate / "tokenizer.json").exists() or (candidate / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+            return AutoTokenizer.from_pretrained(candidate)
+        if (candidate / "tokenizer.model").exists():
+            return Tokenizer.load(candidate / "tokenizer.model")
+        if path and candidate == Path(path):
+            raise CLIError(f"no tokenizer at {candidate} (a .model file or a directory with tokenizer files)")
+    tok = Tokenizer.load()
+    if tok.vocab_size != _vocab(model):
+        raise CLIError(f"{model_dir} has no tokenizer and its vocabulary ({_vocab(model)}) is not the shipped "
+                       f"tokenizer's ({tok.vocab_size}); pass --tokenizer PATH")
+    return tok
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+# CLI option -> generate() keyword; each is passed only when given on the command line
+PASS_THROUGH = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p",
+                "repetition_penalty", "num_beams", "num_beam_groups", "diversity_penalty", "length_penalty",
+                "num_return_sequences", "num_assistant_tokens", "num_assistant_tokens_schedule",
+                "prompt_lookup_num_tokens", "strategy", "block_size", "jacobi_init", "heads", "acceptance",
+                "acceptance_top_k", "seed")
+
+
+def engine_kwargs(args) -> dict:
+    kw = {name: getattr(args, name) for name in PASS_THROUGH if getattr(args, name) is not None}
+    if args.do_sample:
+        kw["do_sample"] = True
+    if args.early_stopping is not None:
+        kw["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
+    if args.ignore_eos:
+        kw["eos_token_id"] = None  # passed as None: stopping off (HF's rule)
+    if args.stop:
+        kw["stop_strings"] = args.stop
+    return kw
+
+
+def stats_line(stats) -> str:
+    line = (f"[{stats.new_tokens} new tokens in {stats.wall_s:.2f} s: {stats.tokens_per_s:.1f} tokens/s | "
+            f"{stats.target_forwards} target forwards | tau {stats.tau:.2f}")
+    if stats.draft_forwards:
+        line += f" | {stats.draft_forwards} draft forwards"
+    return line + "]"
+
+
+def cmd_generate(args) -> int:
+    import torch
+    try:
+        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise CLIError(f"--device {args.device}: {e}", EXIT_USAGE) from None
+    # fp16 matmuls are slow on CPUs: the shipped fp16 weights run in fp32 there unless asked otherwise
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
+    if args.dtype == "auto" and device.type == "cpu":
+        dtype = torch.float32
+    model = load_model(args.model, device=device, dtype=dtype, native=args.native)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+        torch.set_num_threads(1)  # a small model's step is per-op overhead: more threads only add sync cost
+    tok = load_tokenizer(args.tokenizer, args.model or SHIPPED / "target", model)
+    kw = engine_kwargs(args)
+    if args.assistant is not None:
+        kw["assistant_model"] = load_model(args.assistant, device=device, dtype=dtype, native=args.native)
+    if args.stop:
+        kw["tokenizer"] = tok
+    ids = tok(args.prompt)["input_ids"]
+    if not ids:
+        raise CLIError("the prompt encodes to no tokens; pass some text", EXIT_USAGE)
+    if (args.num_return_sequences or 1) == 1 and not args.no_stream:
+        if (args.num_beams or 1) > 1:  # the best beam changes as it goes: it is rewritten in place
+            from .beam_streamer import BeamTextStreamer
+            print(args.prompt, end="", flush=True)
+            kw["streamer"] = BeamTextStreamer(tok)
+        else:  # HF's own TextStreamer: the engine speaks HF's put/end protocol
+            from transformers import TextStreamer
+            kw["streamer"] = TextStreamer(tok, skip_special_tokens=True)
+
+    import decoding
+    try:
+        out = decoding.generate(model, torch.tensor([ids], device=device), **kw)
+    except NotImplementedError as e:
+        raise CLIError(f"not implemented: {e}", EXIT_USAGE) from None
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"invalid arguments: {e}", EXIT_USAGE) from None
+    if "streamer" not in kw:
+        texts = tok.batch_decode(out.sequences.tolist(), skip_special_tokens=True)
+        for i, text in enumerate(texts):
+            print(f"--- sequence {i} ---\n{text}" if len(texts) > 1 else text)
+    print(stats_line(out.stats), flush=True)
+    return 0
+
+
+# -- argument parser -----------------------------------------------------------------------------
+
+class _Help(argparse.HelpFormatter):
+    """Shows a default only where there is one (None means: the engine's own, as HF resolves it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="complete a prompt, streaming the text, then print tokens/s",
+                       description=__doc__.split("\n\n")[1], formatter_class=_Help)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="PATH", help="model directory: a native checkpoint (model.safetensors + "
+                   "config.json) or a Hugging Face model directory; default: the shipped target "
+                   f"({SHIPPED / 'target'})")
+    g.add_argument("--tokenizer", metavar="PATH", help="a SentencePiece .model file or an HF tokenizer directory; "
+                   "default: the model directory's tokenizer, else the shipped one")
+    g.add_argument("--native", action="store_true", help="convert an HF Llama/Qwen2/Mistral directory to the "
+                   "native decoder (static cache, faster) instead of running HF's model through the adapter")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when there is one)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weights dtype (auto: float32 on CPU, the checkpoint's own on GPU)")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one for models under 50M "
+                   "parameters, else torch's default)")
+    g = p.add_argument_group("prompt and length")
+    g.add_argument("--prompt", required=True, help="text to complete")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    g.add_argument("--min-new-tokens", type=int, help="do not stop (eos) before this many new tokens")
+    g.add_argument("--ignore-eos", action="store_true", help="never stop at eos (fixed-length output)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop once the output contains TEXT "
+                   "(repeatable; HF's stop_strings)")
+    g.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
+    g = p.add_argument_group("sampling (greedy unless --do-sample)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    g.add_argument("--temperature", type=float, help="divide logits by this before sampling (HF default 1.0)")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (HF default 50; 0 = off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with probability >= p")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition-penalty", type=float, help="penalise tokens seen so far (1.0 = off; greedy too)")
+    g.add_argument("--seed", type=int, help="random seed: the same seed gives the same sample")
+    g = p.add_argument_group("beam search")
+    g.add_argument("--num-beams", type=int, help="beam width (1 = no beam search)")
+    g.add_argument("--num-beam-groups", type=int, help="diverse beam search: groups of beams")
+    g.add_argument("--diversity-penalty", type=float, help="diverse beam search: Hamming penalty between groups")
+    g.add_argument("--length-penalty", type=float, help="exponent on length when ranking finished beams")
+    g.add_argument("--early-stopping", choices=["true", "false", "never"],
+                   help="beam stopping rule (HF's early_stopping)")
+    g.add_argument("--num-return-sequences", type=int, help="sequences per prompt (sampling or beams)")
+    g = p.add_argument_group("speculative decoding")
+    g.add_argument("--assistant", nargs="?", const=str(SHIPPED / "draft"), metavar="PATH",
+                   help="draft model directory (alone: the shipped draft)")
+    g.add_argument("--num-assistant-tokens", type=int, metavar="K", help="draft tokens proposed per target forward")
+    g.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"],
+                   help="keep K fixed or adapt it to acceptance (HF)")
+    g.add_argument("--prompt-lookup-num-tokens", type=int, help="draft from n-grams of the prompt (HF's prompt lookup)")
+    g = p.add_argument_group("parallel decoding (the engine's own modes)")
+    from .config import ACCEPTANCES, JACOBI_INITS, STRATEGIES
+    g.add_argument("--strategy", choices=STRATEGIES, help="Jacobi, Gauss-Seidel-Jacobi, speculative Jacobi, "
+                   "or blockwise parallel decoding")
+    g.add_argument("--block-size", type=int, help="Jacobi/GS-Jacobi/SJD guess block length")
+    g.add_argument("--jacobi-init", choices=JACOBI_INITS, help="how a fresh guess block is filled")
+    g.add_argument("--heads", metavar="PATH", help="blockwise proposal heads (default: the shipped heads)")
+    g.add_argument("--acceptance", choices=ACCEPTANCES, help="blockwise acceptance; topk is the lossy mode")
+    g.add_argument("--acceptance-top-k", type=int, help="k of the top-k relaxed acceptance")
+    p.set_defaults(func=cmd_generate)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m decoding", description="A sequence-decoding engine: "
+                                 "generate text, or run a benchmark from bench/.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{generate,viz,bench}")
+    _add_generate(sub)
+    from .viz import add_parser as _add_viz  # the decoding picture (decoding/viz.py)
+    _add_viz(sub)
+    b = sub.add_parser("bench", help="run a benchmark script from bench/ (`bench --help` lists them)",
+                       add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after NAME belongs to the script's own parser
+        from bench.__main__ import run
+        return run(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130

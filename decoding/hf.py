@@ -1,0 +1,169 @@
+"""The drop-in: `install(model)` makes an HF model's own `model.generate(...)` run on the engine.
+
+It takes HF's arguments exactly as HF's `generate` does (positional `inputs`, `inputs=`,
+`input_ids=`, `attention_mask=`, `generation_config=`, ...) and returns what HF returns: a
+LongTensor, or HF's `GenerateDecoderOnlyOutput` / `GenerateBeamDecoderOnlyOutput` when
+`return_dict_in_generate` is on. Whatever the engine does not implement (its validation raises
+NotImplementedError before the first forward) runs on HF's own generate instead, with one warning
+per argument. `uninstall(model)` removes the instance attribute, so the class's method is back.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import types
+import warnings
+
+import torch
+
+from .api import generate as engine_generate
+
+_ATTR = "_decoding_hf_install"  # the install record kept on the model
+
+
+def install(model):
+    """Route `model.generate` through the engine; returns the model. Installing twice is a no-op."""
+    from models.hf_adapter import is_hf_model
+    if not is_hf_model(model):
+        raise TypeError(f"decoding.hf.install takes a Hugging Face PreTrainedModel, got {type(model).__name__}; "
+                        "call decoding.generate(model, input_ids, ...) for native models")
+    if getattr(model, _ATTR, None) is not None:
+        return model
+    had_own = "generate" in vars(model)  # an instance attribute someone set before us
+    hf_generate = model.generate  # bound: the class's method or that attribute
+    record = {"hf_generate": hf_generate, "had_own": had_own, "warned": set(),
+              "signature": inspect.signature(hf_generate)}  # follows HF's decorators (__wrapped__)
+
+    @functools.wraps(getattr(hf_generate, "__func__", hf_generate))  # HF's docstring and signature
+    def generate(self, *args, **kwargs):
+        return _generate(self, vars(self)[_ATTR], args, kwargs)
+    generate.__module__, generate.__qualname__ = __name__, "install.<locals>.generate"  # repr: not HF's
+
+    # plain instance attributes (nn.Module tracks neither); a bound method, so copy.deepcopy(model)
+    # gives a copy whose generate runs on the copy
+    object.__setattr__(model, _ATTR, record)
+    object.__setattr__(model, "generate", types.MethodType(generate, model))
+    return model
+
+
+def uninstall(model):
+    """Give the model back HF's own generate (the exact method it had before install)."""
+    record = vars(model).pop(_ATTR, None)
+    if record is None:
+        return model
+    if record["had_own"]:
+        object.__setattr__(model, "generate", record["hf_generate"])
+    else:
+        vars(model).pop("generate", None)  # the class's method shows through again
+    return model
+
+
+def is_installed(model) -> bool:
+    return _ATTR in vars(model)
+
+
+def _generate(model, record, args, kwargs):
+    hf_generate, signature = record["hf_generate"], record["signature"]
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return hf_generate(*args, **kwargs)  # HF raises its own error for a call it cannot bind
+    call = dict(bound.arguments)  # only what the caller passed
+    extra = call.pop(next((n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), ""), {})
+    call.update(extra)
+    inputs = call.pop("inputs", None)
+    if inputs is None:
+        inputs = call.pop("input_ids", None)
+    elif "input_ids" in call:
+        return hf_generate(*args, **kwargs)  # HF's error for a prompt passed twice
+    if not isinstance(inputs, torch.Tensor):  # no prompt (HF starts from bos) or inputs_embeds-style calls
+        return _fallback(record, "inputs", "no input_ids tensor was passed", args, kwargs)
+    attention_mask = call.pop("attention_mask", None)
+    streamer = call.get("streamer")
+    if streamer is not None:
+        call["streamer"] = watched = _Watched(streamer)
+    try:
+        out = engine_generate(model, inputs, attention_mask, **call)
+    except NotImplementedError as e:
+        if streamer is not None and watched.started:
+            watched.close()
+            raise  # text already went out: running HF now would stream it twice
+        return _fallback(record, _argument(e), str(e), args, kwargs)
+    except BaseException:
+        if streamer is not None:
+            watched.close()  # a TextIteratorStreamer's reader would otherwise wait forever
+        raise
+    return _as_hf_output(model, out, call)
+
+
+def _argument(error: Exception) -> str:
+    """The argument an engine NotImplementedError names (it quotes it as `name=value` or `name`)."""
+    found = re.search(r"`([A-Za-z_][A-Za-z0-9_]*)", str(error))
+    return found.group(1) if found else type(error).__name__
+
+
+def _fallback(record, name: str, reason: str, args, kwargs):
+    if name not in record["warned"]:  # once per argument, as HF's warning_once
+        record["warned"].add(name)
+        warnings.warn(f"decoding.hf: `{name}` runs on Hugging Face's own generate() ({reason.split(';')[0]}); "
+                      "this warning is shown once", UserWarning, stacklevel=4)
+    return record["hf_generate"](*args, **kwargs)
+
+
+class _Watched:
+    """Passes put/end through and remembers whether anything was streamed yet."""
+
+    def __init__(self, streamer):
+        self.streamer, self.started, self.ended = streamer, False, False
+
+    def put(self, value):
+        self.started = True
+        self.streamer.put(value)
+
+    def end(self):
+        self.ended = True
+        self.streamer.end()
+
+    def close(self) -> None:
+        """end() once if streaming began and the run died before its own end()."""
+        if self.started and not self.ended:
+            self.end()
+
+    def __getattr__(self, name):  # the streamer's other methods (beam search's put_hypotheses)
+        attr = getattr(self.streamer, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.started = True
+            return attr(*args, **kwargs)
+        return call
+
+
+def _setting(model, call: dict, name: str, default):
+    """A generation setting as HF resolves it: the call, then generation_config=, then the model's."""
+    if name in call:
+        return call[name]
+    for config in (call.get("generation_config"), getattr(model, "generation_config", None)):
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _plain(t):
+    # the engine runs under inference_mode; HF returns ordinary tensors that callers may edit in place
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
+def _as_hf_output(model, out, call: dict):
+    sequences = _plain(out.sequences)
+    if not _setting(model, call, "return_dict_in_generate", False):
+        return sequences
+    from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+    scores = tuple(_plain(s) for s in out.scores) if out.scores is not None else None
+    if (_setting(model, call, "num_beams", 1) or 1) > 1:
+        return GenerateBeamDecoderOnlyOutput(sequences=sequences, scores=scores,
+                                             sequences_scores=_plain(out.sequences_scores))
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
