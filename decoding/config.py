@@ -81,14 +81,7 @@ HF_DEFAULTS = dict(
 
 # Modes and HF arguments that do not run yet, with the values that leave them off. Drop an entry
 # when its issue lands (beam search: num_beams...; speculative: assistant_model...).
-NOT_IMPLEMENTED = {
-    "strategy": (None,),
-    "block_size": (None,),
-    "jacobi_init": (None,),
-    "heads": (None,),
-    "acceptance": (None,),
-    "acceptance_top_k": (None,),
-}
+NOT_IMPLEMENTED: dict = {}
 
 # HF arguments outside the engine's scope: accepted while off, NotImplementedError when on.
 HF_OTHER = {
@@ -385,6 +378,7 @@ def validate_assisted(cfg: GenerationConfig) -> None:
 
 STRATEGIES = ("jacobi", "gs_jacobi", "sjd", "blockwise")
 JACOBI_INITS = ("pad", "repeat", "ngram")
+JACOBI = ("jacobi", "gs_jacobi", "sjd")  # the modes block_size and jacobi_init act in
 ACCEPTANCES = ("exact", "topk")
 
 
@@ -398,6 +392,20 @@ def validate_engine_args(cfg: GenerationConfig) -> None:
     if cfg.acceptance is not None and cfg.acceptance not in ACCEPTANCES:
         raise ValueError(f"`acceptance` must be one of {ACCEPTANCES}, got {_short(cfg.acceptance)}")
     _int(cfg.acceptance_top_k, "acceptance_top_k", 1)
+    if cfg.strategy in JACOBI:
+        if cfg.num_beams > 1:
+            raise ValueError(f"strategy={cfg.strategy!r} does not combine with beam search (num_beams="
+                             f"{cfg.num_beams}); use num_beams=1")
+        if cfg.do_sample and cfg.strategy != "sjd":
+            raise ValueError(f"strategy={cfg.strategy!r} is greedy (token-identical to greedy decoding); for "
+                             "sampling use strategy='sjd' (speculative Jacobi decoding) or do_sample=False")
+    if cfg.strategy == "blockwise":  # heads vs block_size is checked when the heads are loaded
+        if cfg.num_beams > 1:
+            raise ValueError(f"strategy='blockwise' does not combine with beam search (num_beams={cfg.num_beams}); "
+                             "use num_beams=1")
+        if cfg.do_sample:
+            raise ValueError("strategy='blockwise' is greedy (acceptance='exact') or its lossy top-k variant: "
+                             "set do_sample=False")
 
 
 def warn_idle(cfg: GenerationConfig, explicit: set[str]) -> None:
@@ -417,6 +425,14 @@ def warn_idle(cfg: GenerationConfig, explicit: set[str]) -> None:
     if cfg.prompt_lookup_num_tokens is None and "max_matching_ngram_size" in explicit \
             and cfg.max_matching_ngram_size is not None:
         idle.append("max_matching_ngram_size")
+    if cfg.strategy != "blockwise":
+        idle += [n for n in ("heads", "acceptance", "acceptance_top_k") if n in explicit and getattr(cfg, n) is not None]
+    elif cfg.acceptance != "topk" and "acceptance_top_k" in explicit and cfg.acceptance_top_k is not None:
+        idle.append("acceptance_top_k")
+    if cfg.strategy is None and "block_size" in explicit and cfg.block_size is not None:
+        idle.append("block_size")
+    if cfg.strategy not in JACOBI and "jacobi_init" in explicit and cfg.jacobi_init is not None:
+        idle.append("jacobi_init")
     for name in idle:
         warnings.warn(f"`{name}={_short(getattr(cfg, name))}` has no effect in this decoding mode "
                       f"(do_sample={cfg.do_sample}, num_beams={cfg.num_beams}"

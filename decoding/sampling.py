@@ -43,3 +43,48 @@ def sample(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
 def uniform(shape, device, generator: torch.Generator | None = None) -> Tensor:
     """U[0, 1) draws from the same generator (for acceptance tests)."""
     return torch.rand(shape, device=device, generator=generator)
+
+
+# -- speculative sampling (Chen et al.) ------------------------------------------------------------
+
+def residual(p: Tensor, q: Tensor) -> Tensor:
+    """norm(max(0, p - q)) over the last dim: where the target p wants more mass than the draft q
+    gave. Where p <= q everywhere (p == q up to rounding: a rejection there had probability 0) it
+    is p itself, so a sample is always defined."""
+    r = (p - q).clamp_(min=0)
+    mass = r.sum(-1, keepdim=True)
+    return torch.where(mass > 0, r / mass.clamp(min=torch.finfo(r.dtype).tiny), p)
+
+
+def rejection_sample(draft: Tensor, p: Tensor, q: Tensor | None, valid: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Modified rejection sampling: accept draft token x_i with probability min(1, p_i(x) / q_i(x)),
+    stop at the first rejection and resample it from norm(max(0, p_i - q_i)); after k acceptances
+    take a bonus token from p_k. The emitted tokens are distributed exactly as the target's.
+
+    draft (B, K) tokens; p (B, K+1, V) target probabilities; q (B, K, V) draft probabilities, or None
+    for a deterministic proposal (q = one-hot: accept with probability p(x), resample from p without
+    x); valid (B, K) bool marks real proposals (a row that proposed fewer tokens never accepts the
+    rest, and its next token comes from p). Returns (accepted (B,) in [0, K], next token (B,)).
+    """
+    B, K = draft.shape
+    if K == 0:
+        return torch.zeros(B, dtype=torch.long, device=p.device), multinomial(p[:, 0], generator)
+    p_x = p[:, :K].gather(-1, draft[..., None]).squeeze(-1)  # (B, K)
+    q_x = torch.ones_like(p_x) if q is None else q.gather(-1, draft[..., None]).squeeze(-1)
+    ok = uniform((B, K), p.device, generator) * q_x < p_x  # u < p/q without dividing by q
+    if valid is not None:
+        ok &= valid
+    accepted = ok.long().cumprod(1).sum(1)  # (B,) length of the accepted prefix
+    at = accepted[:, None]
+    p_n = p.gather(1, at[..., None].expand(B, 1, p.shape[-1])).squeeze(1)  # (B, V)
+    rejected = accepted < K
+    if valid is not None:  # a rejection at a real proposal subtracts q; past the proposals q = 0
+        rejected &= valid.gather(1, at.clamp(max=K - 1)).squeeze(1)
+    if q is None:
+        x = draft.gather(1, at.clamp(max=K - 1))  # (B, 1)
+        q_n = torch.zeros_like(p_n).scatter_(1, x, 1.0)
+    else:
+        q_n = q.gather(1, at.clamp(max=K - 1)[..., None].expand(B, 1, q.shape[-1])).squeeze(1)
+    q_n = q_n * rejected[:, None]  # bonus (all accepted): sample p_K itself
+    return accepted, multinomial(residual(p_n, q_n), generator)

@@ -42,8 +42,6 @@ def test_unknown_argument_is_a_type_error(hf, forwards, kw, name):
     dict(no_repeat_ngram_size=2),
     dict(typical_p=0.5), dict(output_attentions=True), dict(stopping_criteria=[lambda ids, s: False]),
     dict(bad_words_ids=[[3]]), dict(past_key_values=object()), dict(forced_eos_token_id=2),
-    dict(strategy="jacobi"), dict(block_size=4), dict(jacobi_init="ngram"), dict(heads="heads.pt"),
-    dict(acceptance="exact"), dict(acceptance_top_k=3),
 ])
 def test_hf_or_engine_argument_not_implemented_yet(hf, forwards, kw):
     raises(NotImplementedError, f"`{next(iter(kw))}", hf, forwards, **kw)

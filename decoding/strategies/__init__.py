@@ -12,6 +12,12 @@ from . import greedy, speculative
 def select(cfg):
     if cfg.assistant_model is not None or cfg.prompt_lookup_num_tokens is not None:
         return speculative.run
+    if cfg.strategy in ("jacobi", "gs_jacobi", "sjd"):
+        from . import jacobi
+        return jacobi.run
+    if cfg.strategy == "blockwise":
+        from . import blockwise
+        return blockwise.run
     if cfg.num_beams > 1:  # diverse beam search is beam search with groups
         from . import beam, diverse_beam
         return diverse_beam.run if cfg.num_beam_groups > 1 else beam.run

@@ -1,0 +1,320 @@
+"""Speculative decoding on the shipped target + draft (and target + prompt lookup): tokens/s and tau
+vs the engine's own greedy and sampling, and vs HF assisted generation on the same weights.
+
+    python -m bench.speculative                        # CPU, 1 thread -> bench/results/cpu/
+    python -m bench.speculative --smoke --out /tmp/x   # tiny random models, a few seconds
+
+Prompts are slices of validation-split stdlib files (models/corpus.py). Every call generates
+exactly --new-tokens tokens per row (min_new_tokens = max_new_tokens). tokens/s = new tokens /
+wall time of whole calls (prefill included), summed over the prompts; batch 1 runs the prompts one
+at a time, so its tokens/s is that of "4 single-row runs", and batch 4 runs them together. Each
+figure is the median over --runs runs; within a run every method takes its turn on a prompt
+before the next prompt, so bursts of machine noise hit all methods alike. tau = new tokens per
+target forward per row, counted by forward hooks for HF.
+
+HF assisted generation reads k from the assistant's generation_config (DESIGN.md 3.4): the bench
+sets num_assistant_tokens=k, schedule "constant" and assistant_confidence_threshold=0 there, and
+passes assistant_confidence_threshold=0 to the engine, so both draft exactly k tokens a round.
+HF assisted generation runs batch 1 only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import decoding
+from bench.common import machine, markdown_table, write_results
+
+KS = (2, 4, 6)
+
+
+# -- models and prompts ----------------------------------------------------------------------------
+
+def shipped(dtype):
+    from models.checkpoint import load
+    return load("models/shipped/target", dtype=dtype), load("models/shipped/draft", dtype=dtype)
+
+
+def tiny_pair():
+    from models import DecoderConfig, LlamaDecoder
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, max_seq_len=256, eos_token_id=2, pad_token_id=3, bos_token_id=1, tie_embeddings=True)
+    target = LlamaDecoder(DecoderConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, **common)).eval()
+    draft = LlamaDecoder(DecoderConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, **common)).eval()
+    return target, draft
+
+
+def code_prompts(n: int, length: int) -> list[list[int]]:
+    """The middle `length` tokens of the first n validation files that are long enough."""
+    from models.corpus import encode_file, split_files
+    from models.tokenizer import Tokenizer
+    tok = Tokenizer.load()
+    out = []
+    for _, text in split_files("val"):
+        ids = encode_file(tok, text)
+        if len(ids) >= 4 * length:
+            mid = len(ids) // 2
+            out.append(ids[mid:mid + length])
+            if len(out) == n:
+                return out
+    raise RuntimeError(f"fewer than {n} validation files with {4 * length} tokens")
+
+
+def random_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(4, vocab, (n, length), generator=g).tolist()
+
+
+def to_hf(model):
+    from models.hf_weights import to_hf as export
+    return export(model)
+
+
+class Counter:
+    """Counts forwards of an HF model (a pre-hook), for tau and draft forwards."""
+
+    def __init__(self, model):
+        self.n = 0
+        model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+
+# -- methods -----------------------------------------------------------------------------------------
+
+def methods(target, draft, hf_target, hf_draft, batch: int, ks) -> dict:
+    """name -> (label, k, call(rows) -> (sequences, stats dict)). HF assisted only at batch 1."""
+    exact = dict(assistant_confidence_threshold=0)
+    sample = dict(do_sample=True, seed=0)
+    out = {"engine greedy": ("greedy", None, {}), "engine sample": ("sample", None, sample)}
+    for k in ks:
+        out[f"engine spec greedy k={k}"] = ("spec greedy", k, dict(assistant_model=draft, num_assistant_tokens=k,
+                                                                   **exact))
+        out[f"engine spec sample k={k}"] = ("spec sample", k, dict(assistant_model=draft, num_assistant_tokens=k,
+                                                                   **exact, **sample))
+        out[f"engine lookup greedy k={k}"] = ("lookup greedy", k, dict(prompt_lookup_num_tokens=k))
+    calls = {name: (label, k, _engine(target, kw)) for name, (label, k, kw) in out.items()}
+    if hf_target is not None:
+        calls["HF greedy"] = ("HF greedy", None, _hf(hf_target, None, None, {}))
+        calls["HF sample"] = ("HF sample", None, _hf(hf_target, None, None, dict(do_sample=True)))
+        if batch == 1:  # HF is slow here: its sampling and lookup at the middle k only
+            for k in ks:
+                calls[f"HF assisted greedy k={k}"] = ("HF assisted greedy", k, _hf(hf_target, hf_draft, k, {}))
+            k = ks[len(ks) // 2]
+            calls[f"HF assisted sample k={k}"] = ("HF assisted sample", k,
+                                                  _hf(hf_target, hf_draft, k, dict(do_sample=True)))
+            calls[f"HF lookup greedy k={k}"] = ("HF lookup greedy", k,
+                                                _hf(hf_target, None, k, dict(prompt_lookup_num_tokens=k)))
+    return calls
+
+
+def _engine(target, kw):
+    def call(ids, n):
+        out = decoding.generate(target, ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        s = out.stats
+        return out.sequences, dict(target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,
+                                   accept=s.accept_rate_by_position, row_tau=s.tau)
+    return call
+
+
+def _hf(hf_target, hf_draft, k, kw):
+    counters = getattr(hf_target, "_bench_counter", None) or Counter(hf_target)
+    hf_target._bench_counter = counters
+    if hf_draft is not None:
+        hf_draft._bench_counter = getattr(hf_draft, "_bench_counter", None) or Counter(hf_draft)
+
+    def call(ids, n):
+        if hf_draft is not None:  # HF reads these from the assistant (DESIGN.md 3.4)
+            gc = hf_draft.generation_config
+            gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = k, "constant"
+            gc.assistant_confidence_threshold = 0.0
+        extra = dict(kw)
+        if hf_draft is not None:
+            extra["assistant_model"] = hf_draft
+        before_t = counters.n
+        before_d = hf_draft._bench_counter.n if hf_draft is not None else 0
+        with torch.inference_mode():
+            seq = hf_target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                     **extra)
+        forwards = counters.n - before_t
+        drafts = hf_draft._bench_counter.n - before_d if hf_draft is not None else 0
+        return seq, dict(target_forwards=forwards, draft_forwards=drafts, accept=None, row_tau=n / forwards)
+    return call
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+def measure(calls: dict, prompts: list[list[int]], batch: int, n: int, runs: int) -> list[dict]:
+    groups = [torch.tensor(prompts[i:i + batch]) for i in range(0, len(prompts), batch)]
+    for _, _, call in calls.values():  # warm up every path once
+        call(groups[0][:, :8], 2)
+    walls = {name: [] for name in calls}
+    last = {}
+    for _ in range(runs):
+        total = dict.fromkeys(calls, 0.0)
+        info = {name: [] for name in calls}
+        for ids in groups:  # every method on this prompt, then the next: noise bursts hit all alike
+            for name, (_, _, call) in calls.items():
+                t0 = time.perf_counter()
+                seq, stats = call(ids, n)
+                total[name] += time.perf_counter() - t0
+                info[name].append((seq[:, ids.shape[1]:], stats))
+        for name in calls:
+            walls[name].append(total[name])
+        last = info
+    greedy = torch.cat([s for s, _ in last["engine greedy"]])
+    rows = []
+    for name, (label, k, _) in calls.items():
+        seqs = torch.cat([s for s, _ in last[name]])
+        stats = [st for _, st in last[name]]
+        tokens = n * len(prompts)
+        wall = statistics.median(walls[name])
+        forwards = sum(st["target_forwards"] for st in stats)  # per call, rows together
+        row = dict(batch=batch, method=name, label=label, k=k, tokens_per_s=tokens / wall, wall_s=wall,
+                   tau=statistics.mean(st["row_tau"] for st in stats),
+                   target_forwards_per_token=forwards * batch / tokens,
+                   draft_forwards=sum(st["draft_forwards"] for st in stats), runs=walls[name])
+        accept = [st["accept"] for st in stats if st["accept"]]
+        if accept:
+            row["accept_rate_by_position"] = [round(statistics.mean(a[i] for a in accept if len(a) > i), 3)
+                                              for i in range(max(map(len, accept)))]
+        if "greedy" in label:  # deterministic: must equal the engine's greedy output token for token
+            row["match_vs_greedy"] = float((seqs == greedy).float().mean())
+        rows.append(row)
+    base = {r["method"]: r["tokens_per_s"] for r in rows}
+    for r in rows:
+        r["x_engine_greedy"] = r["tokens_per_s"] / base["engine greedy"]
+        if "sample" in r["label"]:
+            r["x_engine_sample"] = r["tokens_per_s"] / base["engine sample"]
+        hf = {"spec greedy": "HF assisted greedy", "spec sample": "HF assisted sample",
+              "lookup greedy": "HF lookup greedy"}.get(r["label"])
+        if hf and f"{hf} k={r['k']}" in base:
+            r["x_HF_same"] = r["tokens_per_s"] / base[f"{hf} k={r['k']}"]
+    return rows
+
+
+def plot(out: Path, rows: list[dict], device: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5))
+    for batch, color in ((1, "tab:blue"), (4, "tab:orange")):
+        sel = [r for r in rows if r["batch"] == batch]
+        xs = [i + (0.2 if batch == 4 else -0.2) for i in range(len(sel))]
+        a.barh(xs, [r["tokens_per_s"] for r in sel], height=0.4, color=color, label=f"batch {batch}")
+        if batch == 1:
+            a.set_yticks(range(len(sel)), [r["method"] for r in sel], fontsize=7)
+    a.set(xlabel="tokens/s (all rows, whole calls)", title=f"speculative decoding, {device}")
+    a.invert_yaxis()
+    a.legend()
+    for label in ("spec greedy", "spec sample", "lookup greedy", "HF assisted greedy", "HF lookup greedy"):
+        sel = [r for r in rows if r["batch"] == 1 and r["label"] == label]
+        if sel:  # HF dashed: its tau equals the engine's where both run the same rule
+            b.plot([r["k"] for r in sel], [r["tau"] for r in sel], marker="o", label=label,
+                   linestyle="--" if label.startswith("HF") else "-")
+    b.set(xlabel="k (guessed tokens per round)", ylabel="tau (tokens per target forward, batch 1)",
+          title="tau vs k")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speculative.png", dpi=100)
+    plt.close(fig)
+
+
+def goals(rows: list[dict]) -> str:
+    """The issue's goals (CPU, shipped pair, batch 1, greedy), as measured."""
+    get = {(r["batch"], r["method"]): r for r in rows}
+    k4 = get.get((1, "engine spec greedy k=4"))
+    if k4 is None:
+        return ""
+    out = ["## Goals (batch 1, greedy, k = 4)\n",
+           f"- tau >= 2.5: measured {k4['tau']:.2f}",
+           f"- >= 1.3x engine greedy tokens/s: measured {k4['x_engine_greedy']:.2f}x"]
+    if "x_HF_same" in k4:
+        out.append(f"- >= 1.3x HF assisted generation: measured {k4['x_HF_same']:.2f}x")
+    b4 = [r for r in rows if r["batch"] > 1 and r["method"] == "engine spec greedy k=4"]
+    if b4:
+        out.append(f"- batch 4 faster than 4 single-row runs: {b4[0]['x_single_rows']:.2f}x")
+    return "\n".join(out)
+
+
+COLUMNS = ["batch", "method", "tokens_per_s", "x_engine_greedy", "x_engine_sample", "x_HF_same", "tau",
+           "target_forwards_per_token", "accept_rate_by_position", "match_vs_greedy"]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
+    ap.add_argument("--smoke", action="store_true", help="tiny random models, a few seconds")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=4, help="prompts (= the batch-4 batch)")
+    ap.add_argument("--prompt-len", type=int, default=96)
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-hf", action="store_true", help="skip HF generate")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="weights and activations (fp32: greedy modes are token-identical; the shipped "
+                         "checkpoints are stored in fp16)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import transformers
+    transformers.logging.set_verbosity_error()
+
+    if args.smoke:
+        target, draft = tiny_pair()
+        prompts, n, runs, ks = random_prompts(4, 12, target.vocab_size), 6, 1, (2,)
+    else:
+        target, draft = shipped(getattr(torch, args.dtype))
+        prompts, n, runs, ks = code_prompts(args.prompts, args.prompt_len), args.new_tokens, args.runs, KS
+    hf_target = hf_draft = None
+    if not args.no_hf:
+        hf_target, hf_draft = to_hf(target), to_hf(draft)
+    rows = []
+    for batch in (1, len(prompts)):
+        calls = methods(target, draft, hf_target, hf_draft, batch, ks)
+        rows += measure(calls, prompts, batch, n, runs)
+        print(markdown_table([r for r in rows if r["batch"] == batch], COLUMNS), flush=True)
+    single = {r["method"]: r["tokens_per_s"] for r in rows if r["batch"] == 1}
+    for r in rows:
+        if r["batch"] > 1 and r["method"] in single:
+            r["x_single_rows"] = r["tokens_per_s"] / single[r["method"]]
+
+    info = machine()
+    params = {"target": sum(p.numel() for p in target.parameters()),
+              "draft": sum(p.numel() for p in draft.parameters())}
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "dtype": str(target.dtype),
+               "new_tokens": n, "prompts": len(prompts), "prompt_len": len(prompts[0]), "runs": runs,
+               "parameters": params, "rows": rows}
+    md = ["# Speculative decoding: shipped target + draft, prompt lookup, HF assisted generation\n",
+          f"Machine: {info['device']}, {info.get('threads')} torch threads, torch {info['torch']}, "
+          f"transformers {info['transformers']}, python {info['python']}; load average after the run "
+          f"{os.getloadavg()[0]:.1f} (a shared machine); `python -m bench.speculative "
+          f"{' '.join(argv_used)}`.\n",
+          f"{len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens per row (min_new_tokens), "
+          f"{target.dtype}; "
+          f"median of {runs} runs. Target {params['target']:,} parameters, draft {params['draft']:,}. "
+          "tokens/s counts whole calls (prefill included) over all prompts; batch 1 = the prompts one at a "
+          "time. x_single_rows: batch 4 over 4 single-row runs of the same method.\n",
+          "Columns: x_engine_greedy / x_engine_sample = tokens/s over the engine's own greedy / sampling at "
+          "the same batch; x_HF_same = over HF's run of the same method and k (HF assisted: batch 1 only); "
+          "tau = tokens per target forward per row (accepted + bonus); target_forwards_per_token = per call "
+          "(at batch 4 the slowest row sets it); match_vs_greedy = fraction of tokens equal to engine greedy.\n",
+          markdown_table(rows, COLUMNS + ["x_single_rows"]), "", goals(rows)]
+    write_results(args.out, "speculative", payload, "\n".join(md))
+    plot(args.out, rows, info["device"])
+    return payload
+
+
+if __name__ == "__main__":
+    main()

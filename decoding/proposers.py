@@ -1,0 +1,145 @@
+"""Where guessed tokens come from (the Proposer interface is in decoding/verify.py).
+
+- DraftProposer: a small draft model sharing the target's tokenizer (speculative sampling, Chen et
+  al.; HF's `assistant_model`);
+- NgramProposer: n-grams of the row's own prompt + generated text (HF's `prompt_lookup_num_tokens`).
+Jacobi iterates and blockwise heads live with their strategies and follow the same interface.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import sampling
+from .state import DecodeState
+from .verify import Proposal, Proposer, Round, Setup, capacity, process
+
+
+def _empty(state: DecodeState) -> Proposal:
+    return Proposal(state.sequences.new_zeros(state.batch_size, 0))
+
+
+class DraftProposer(Proposer):
+    """k autoregressive steps of the draft, through the target's processors: greedy guesses its
+    argmax; sampling draws from, and returns, its processed probabilities q.
+
+    The draft cache always holds a prefix of each row's kept tokens: `cache.lengths` says how long,
+    so before guessing it is fed whatever it has not seen (the prompt in round 1; the last kept
+    token, or the last draft and the bonus token after a full acceptance). After a round it is
+    truncated per row to the drafts that were kept.
+    """
+
+    def __init__(self, draft, *, most: int, threshold: float = 0.0):
+        self.model, self.most = draft, most
+        self.threshold = threshold  # HF's assistant_confidence_threshold: stop guessing below it
+
+    def start(self, setup: Setup) -> None:
+        self.setup = setup
+        self.size, self.clamped = capacity(self.model, setup.ids.shape[1], setup.max_new, self.most)
+        self.cache = self.model.new_cache(setup.ids.shape[0], self.size)
+
+    def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int]:
+        """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real) and
+        the room left for guesses."""
+        have = self.cache.lengths.long()
+        missing = torch.where(running, self.setup.lengths + state.emitted - have, 0)  # (B,)
+        probe = [missing.max(), torch.where(running, missing, -1).min(), running.all()]
+        if self.clamped:
+            probe.append(have.max())
+        W, low, all_running, *longest = torch.stack([t.long() for t in probe]).tolist()
+        room = self.size - longest[0] - W + 1 if self.clamped else self.most
+        end = state.T + state.emitted  # (B,) column after each row's last kept token
+        w = torch.arange(W, device=end.device)
+        cols = (end[:, None] - W + w).clamp(min=0)
+        real = (w >= W - missing[:, None]) & running[:, None]
+        feed = state.sequences.gather(1, cols).masked_fill(~real, 0)
+        return feed, None if (low == W and all_running) else real, room
+
+    def propose(self, state: DecodeState, k: int) -> Proposal:
+        if k == 0:
+            return _empty(state)  # the draft lags; it catches up next time
+        s = self.setup
+        running = ~state.finished
+        feed, mask, room = self._unseen(state, running)
+        steps = min(k, room)
+        if steps < 1:
+            return _empty(state)  # a clamped cache is full: the target decodes alone
+        self.before = self.cache.lengths.long() + (feed.shape[1] if mask is None else mask.sum(1))
+        mask_step = None if mask is None else running[:, None]  # no mask: every row runs
+        tokens, probs = [], []
+        for j in range(steps):
+            state.count_forward(draft=True)
+            logits = self.model(feed, self.cache, attention_mask=mask, logits_to_keep=1)[:, -1, :s.vocab].float()
+            prefix = torch.stack(tokens, 1) if tokens else feed.new_zeros(feed.shape[0], 0)
+            scores = process(s.pipeline, state, logits, prefix, first=j)  # (B, V) as the target's
+            if s.do_sample:
+                q = scores.softmax(-1)  # (B, V) what the guess is drawn from
+                tokens.append(sampling.multinomial(q, s.generator))
+                probs.append(q)
+            else:
+                tokens.append(scores.argmax(-1))
+            if j + 1 == steps:
+                break
+            if self.threshold > 0 and self._unsure(scores, tokens[-1], running):
+                break  # HF's ConfidenceCriteria: the draft doubts its last guess in every row
+            feed, mask = tokens[-1][:, None], mask_step
+        self.fed = len(tokens) - 1  # the last guess is never fed to the draft
+        self.ran = running
+        return Proposal(torch.stack(tokens, 1), torch.stack(probs, 1) if probs else None)
+
+    def nbytes(self) -> int:
+        return self.cache.nbytes()
+
+    def _unsure(self, scores: Tensor, token: Tensor, running: Tensor) -> bool:
+        p = scores.softmax(-1).gather(1, token[:, None]).squeeze(1)
+        return bool(((p < self.threshold) | ~running).all())
+
+    def observe(self, rnd: Round) -> None:
+        if rnd.draft.shape[1] == 0:
+            return  # the draft did not run this round
+        # fed guesses that ended up in the sequence: the accepted ones, up to where the row stopped
+        good = torch.minimum(torch.minimum(rnd.accepted, rnd.kept), torch.full_like(rnd.kept, self.fed))
+        drop = torch.where(self.ran, self.cache.lengths.long() - (self.before + good), 0)
+        self.cache.truncate(drop.clamp(min=0))
+
+
+class NgramProposer(Proposer):
+    """Prompt lookup, per row as HF's PromptLookupCandidateGenerator does for one: for n from
+    max_matching_ngram_size down to 1, find the row's last n tokens earlier in its prompt +
+    generated text; the first (leftmost) occurrence with a continuation wins, and up to k tokens
+    that followed it are the guess. Deterministic (q = None): a one-hot under sample_accept."""
+
+    def __init__(self, max_ngram: int):
+        self.max_ngram = max_ngram
+
+    def start(self, setup: Setup) -> None:
+        self.pads = setup.ids.shape[1] - setup.lengths  # (B,) left pads before each row's prompt
+        self.vocab = setup.vocab
+
+    def propose(self, state: DecodeState, k: int) -> Proposal:
+        if k == 0:
+            return _empty(state)
+        B = state.batch_size
+        end = state.T + state.emitted  # (B,) one past each row's last token
+        S = int(end.max())
+        seq = state.sequences[:, :S]
+        start = torch.full((B,), -1, dtype=torch.long, device=seq.device)  # where the guess begins
+        for n in range(self.max_ngram, 0, -1):
+            if S - n < 1:
+                continue
+            windows = seq.unfold(1, n, 1)  # (B, S-n+1, n)
+            tail = seq.gather(1, (end[:, None] - n + torch.arange(n, device=seq.device)).clamp(min=0))  # (B, n)
+            at = torch.arange(S - n + 1, device=seq.device)
+            hit = (windows == tail[:, None]).all(-1) & (at >= self.pads[:, None]) & (at + n < end[:, None])
+            hit &= (end - self.pads > n)[:, None]  # HF: n < the row's length
+            found = hit.any(1) & (start < 0)
+            start = torch.where(found, hit.int().argmax(1) + n, start)  # argmax: the first match
+        cols = start[:, None] + torch.arange(k, device=seq.device)  # (B, k)
+        tokens = seq.gather(1, cols.clamp(0, S - 1))
+        valid = (start[:, None] >= 0) & (cols < end[:, None]) & ~state.finished[:, None] & (tokens < self.vocab)
+        K = int(valid.sum(1).max())
+        if K == 0:
+            return _empty(state)
+        valid = valid[:, :K]
+        tokens = tokens[:, :K].masked_fill(~valid, 0)  # filler, never accepted
+        return Proposal(tokens, None, None if bool(valid.all()) else valid)

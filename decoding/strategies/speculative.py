@@ -1,0 +1,149 @@
+"""Speculative sampling (Chen et al.) with a draft model, and prompt lookup: HF's assisted-generation
+arguments on the propose-verify skeleton (decoding/verify.py), at any batch size.
+
+- `assistant_model=draft`: the draft guesses k tokens with the target's processors; greedy
+  accepts the longest prefix equal to the target's argmax (token-identical to target greedy);
+  sampling accepts with min(1, p/q) and resamples a rejection from norm(max(0, p - q)).
+- `prompt_lookup_num_tokens=k`: the guess is what followed the row's last n-gram earlier in its
+  text (`max_matching_ngram_size`, default 2 as HF); q is a one-hot.
+
+k resolves as HF's own settings do, except that a `num_assistant_tokens=` passed to generate() is
+honoured (HF ignores it): the caller's value > generation_config= > the ASSISTANT's
+generation_config > the target's > HF's defaults (20, "constant", confidence threshold 0.4). As in
+HF, with the defaults the draft stops guessing early when its processed probability of its last
+guess is below `assistant_confidence_threshold` (in every row); set it to 0 for exactly k guesses.
+The "heuristic" schedule (+2 after a round in which every running row accepted everything, -1
+otherwise) lives for one call: the assistant's config is not updated.
+
+Batch > 1 (HF's assisted generation is batch 1 only): rows accept different numbers of tokens;
+caches roll back per row; a round guesses at most one token fewer than the running row closest to
+max_new_tokens may still take. stats.accept_rate_by_position counts every running row as guessing
+K tokens in a round of K guesses (prompt lookup pads a shorter n-gram match with guesses that are
+never accepted). The caller's logits processors see, per row and position, input_ids as HF would
+show them (the prompt with its left pads, the kept tokens, the guesses before that position).
+"""
+from __future__ import annotations
+
+from ..config import model_defaults
+from ..proposers import DraftProposer, NgramProposer
+from ..verify import RULES, Constant, Round, _limit, speculate
+
+
+class Heuristic:
+    """HF's "heuristic" num_assistant_tokens_schedule."""
+
+    def __init__(self, k: int, most: int):
+        self.k, self.most = k, most
+
+    def update(self, rnd: Round) -> None:
+        K = rnd.draft.shape[1]
+        if K == 0:
+            return
+        full = bool(((rnd.accepted >= K) | ~rnd.ran).all())
+        self.k = min(self.k + 2, self.most) if full else max(1, self.k - 1)
+
+
+def run(model, prompt, cfg, stop=None):
+    rows = prompt.batch_size * cfg.num_return_sequences
+    draft = None
+    if cfg.prompt_lookup_num_tokens is None:
+        draft = assistant(cfg.assistant_model, model, prompt, cfg)
+    # a native cache that keeps a sliding-window ring (YOCO) rolls back at most max_rollback tokens
+    bound = min([b for m in (model, draft) if (b := _max_rollback(m)) is not None], default=None)
+    if draft is None:
+        k = cfg.prompt_lookup_num_tokens
+        proposer, schedule, vocab = NgramProposer(cfg.max_matching_ngram_size or 2), Constant(k), model.vocab_size
+    else:
+        k = cfg.num_assistant_tokens
+        schedule = Constant(k) if cfg.num_assistant_tokens_schedule == "constant" else \
+            Heuristic(k, min(cfg.max_new_tokens, bound or cfg.max_new_tokens))
+        proposer = DraftProposer(draft, most=schedule.most, threshold=cfg.assistant_confidence_threshold or 0.0)
+        vocab = min(model.vocab_size, draft.vocab_size)
+    if bound is not None and schedule.k > bound:
+        name = "prompt_lookup_num_tokens" if draft is None else "num_assistant_tokens"
+        raise ValueError(f"`{name}={k}` exceeds max_rollback={bound} of the model's cache (the guesses a round "
+                         "can roll back); lower it or build the model with a larger max_rollback")
+    longest = prompt.width + cfg.max_new_tokens + schedule.most
+    for m, name in ((model, "model"), (draft, "assistant_model")):
+        if m is not None:
+            check_rollback(m, name, rows, longest)
+    rule = RULES["sample" if cfg.do_sample else "greedy"]
+    return speculate(model, prompt, cfg, stop, proposer, rule, schedule, vocab=vocab)
+
+
+def _max_rollback(model) -> int | None:
+    if model is None or getattr(model, "hf", None) is not None:
+        return None
+    return getattr(getattr(model, "config", None), "max_rollback", None)
+
+
+# -- checks before any work --------------------------------------------------------------------------
+
+# Vocabularies padded for matmul speed differ by a few percent at most (Qwen2.5 151936 vs 152064,
+# GPT-2 50257 vs 50304, Phi-2 50295 vs 51200); both models then score only the common id range.
+PADDING = 0.95
+
+
+def _eos(model) -> set[int]:
+    eos = model_defaults(model).get("eos_token_id")
+    if eos is None:
+        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def assistant(assistant_model, target, prompt, cfg):
+    """The draft behind the model protocol, checked against the target: same device, same tokenizer
+    (vocabularies equal or one a padded superset of the other, same eos), room for the run."""
+    from ..api import _device, as_decoder
+    try:
+        draft = as_decoder(assistant_model)
+    except (TypeError, NotImplementedError) as e:
+        raise type(e)(f"assistant_model: {e}") from None
+    if _device(draft) != prompt.ids.device:
+        raise ValueError(f"assistant_model is on {_device(draft)}, the model on {prompt.ids.device}; "
+                         "put both on one device")
+    vt, vd = target.vocab_size, draft.vocab_size
+    if vt != vd and min(vt, vd) < PADDING * max(vt, vd):
+        raise ValueError(f"assistant_model has a vocabulary of {vd} tokens, the model {vt}: a draft must share "
+                         "the model's tokenizer (vocabularies may differ only by padding, e.g. 151936 vs 152064)")
+    tok = cfg.tokenizer
+    if vt != vd and tok is not None and hasattr(tok, "__len__") and len(tok) > min(vt, vd):
+        raise ValueError(f"assistant_model: the tokenizer has {len(tok)} tokens, more than the smaller vocabulary "
+                         f"({min(vt, vd)}) of model and assistant_model")
+    te, de = _eos(target), _eos(draft)
+    if te and de and te != de:
+        raise ValueError(f"assistant_model ends text with eos {sorted(de)}, the model with {sorted(te)}: a draft "
+                         "must share the model's tokenizer")
+    real = prompt.ids if prompt.mask is None else prompt.ids[prompt.mask]
+    embed = getattr(draft, "embed_size", vd)
+    if int(real.max()) >= embed:
+        raise ValueError(f"input_ids holds token id {int(real.max())}, outside assistant_model's vocabulary "
+                         f"[0, {embed})")
+    limit = _limit(draft)
+    if limit and prompt.max_len + cfg.max_new_tokens > limit:
+        raise ValueError(f"the prompt ({prompt.max_len} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds "
+                         f"assistant_model's {limit} positions; lower max_new_tokens")
+    return draft
+
+
+def check_rollback(model, name: str, rows: int, longest: int) -> None:
+    """Rollback must work on an HF model's cache: refuse before any work where the adapter would
+    refuse mid-run (a sliding window drops keys once full, and counts rolled-back holes as slots;
+    DESIGN.md 3.4)."""
+    if getattr(model, "hf", None) is None:
+        return  # native caches truncate per row (YOCO's bound is checked in run)
+    c = model.config
+    window = getattr(c, "sliding_window", None)
+    types = getattr(c, "layer_types", None) or []
+    if not window or getattr(c, "use_sliding_window", True) is False or \
+            (types and not any("sliding" in t for t in types)):
+        return
+    if rows > 1:
+        raise ValueError(f"{name} has a sliding-window attention cache (window {window}): per-row rollback at "
+                         f"batch size {rows} cannot be done on it (HF's window counts slots); use batch size 1")
+    if longest >= window:
+        raise ValueError(f"{name} has a sliding-window attention cache (window {window}) that this run would "
+                         f"fill (prompt + max_new_tokens + guesses = {longest}); rolling back a full window is "
+                         "impossible: lower max_new_tokens or use a model without a sliding window")
