@@ -91,3 +91,12 @@ def test_jacobi_on_yoco_equals_recompute(strategy, init, n, one_thread):
 def test_jacobi_block_beyond_yoco_rollback_is_refused():
     with pytest.raises(ValueError, match="max_rollback"):
         decoding.generate(yoco(max_rollback=4), PROMPTS, strategy="jacobi", block_size=8, **COMMON)
+
+
+def test_yoco_as_draft_keeps_target_greedy():
+    target, draft = yoco(seed=2), yoco(seed=5)
+    kw = dict(COMMON, do_sample=False)
+    ref = decoding.generate(target, PROMPTS, **kw).sequences
+    out = decoding.generate(target, PROMPTS, assistant_model=draft, num_assistant_tokens=3, **kw)
+    assert torch.equal(out.sequences, ref)
+    assert out.stats.draft_forwards > 0
