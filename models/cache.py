@@ -21,6 +21,7 @@ class StaticCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.graphs: dict = {}  # CUDA graphs recorded on these buffers (models/compiled.py)
+        self._spare: list | None = None  # CPU reorder's second set of buffers (allocated by the first reorder)
 
     @property
     def batch_size(self) -> int:
@@ -35,7 +36,7 @@ class StaticCache:
         return self.k[0].dtype
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.k + self.v + (self._spare or []))
 
     # -- writes -------------------------------------------------------------------------------
     def slots_for(self, mask: Tensor) -> Tensor:
@@ -78,9 +79,18 @@ class StaticCache:
         index = self._check_index(index, "reorder")
         if index.numel() != self.batch_size:
             raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
-        L = int(self.lengths.max())  # only the filled slots move (a beam step's main cost on CPU)
-        for buf in self.k + self.v:  # in place: buffers keep their addresses for CUDA graphs
-            buf[:, :, :L] = buf[:, :, :L].index_select(0, index)
+        if self.lengths.is_cuda:  # in place: buffers keep their addresses for CUDA graphs
+            L = int(self.lengths.max())  # only the filled slots move
+            for buf in self.k + self.v:
+                buf[:, :, :L] = buf[:, :, :L].index_select(0, index)
+        else:  # one gather into spare buffers, then swap: half the copying of a beam step on CPU
+            bufs = self.k + self.v
+            if self._spare is None:
+                self._spare = [torch.empty_like(b) for b in bufs]
+            for src, dst in zip(bufs, self._spare):
+                torch.index_select(src, 0, index, out=dst)
+            n = len(self.k)
+            self.k, self.v, self._spare = self._spare[:n], self._spare[n:], bufs
         self.lengths.copy_(self.lengths.index_select(0, index))
 
     def select(self, index: Tensor) -> None:
@@ -89,6 +99,7 @@ class StaticCache:
         self.v = [b.index_select(0, index) for b in self.v]
         self.lengths = self.lengths.index_select(0, index)
         self.graphs = {}  # new buffers: recorded graphs point at the old ones
+        self._spare = None
 
     def repeat(self, k: int) -> None:
         if k < 1:
