@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import decoding
-from bench.common import machine, markdown_table, write_results
+from bench.common import code_prompts, machine, markdown_table, write_results
 
 KS = (2, 4, 6)
 TOP_KS = (2, 3)
@@ -52,11 +52,6 @@ def tiny():
         heads = BlockwiseHeads(32, max(KS), config=HeadsConfig.for_target(target, max(KS)))
         heads.w2.normal_(0, 0.05)
     return target, heads
-
-
-def code_prompts(n: int, length: int) -> list[list[int]]:
-    from bench.speculative import code_prompts as middle_of_val_files
-    return middle_of_val_files(n, length)
 
 
 def random_prompts(n: int, length: int, vocab: int) -> list[list[int]]:

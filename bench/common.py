@@ -65,3 +65,19 @@ def write_results(out_dir: Path, name: str, payload: dict, md: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (out_dir / f"{name}.md").write_text(md + "\n")
+
+
+def code_prompts(n: int, length: int) -> list[list[int]]:
+    """The middle `length` tokens of the first n validation files that are long enough."""
+    from models.corpus import encode_file, split_files
+    from models.tokenizer import Tokenizer
+    tok = Tokenizer.load()
+    out = []
+    for _, text in split_files("val"):
+        ids = encode_file(tok, text)
+        if len(ids) >= 4 * length:
+            mid = len(ids) // 2
+            out.append(ids[mid:mid + length])
+            if len(out) == n:
+                return out
+    raise RuntimeError(f"fewer than {n} validation files with {4 * length} tokens")

@@ -24,24 +24,9 @@ from pathlib import Path
 import torch
 
 import decoding
-from bench.common import machine, markdown_table, write_results
+from bench.common import code_prompts, machine, markdown_table, write_results
 
 INITS = ("pad", "repeat", "ngram")
-
-
-def code_prompts(n: int, length: int) -> list[list[int]]:
-    """The middle `length` tokens of the first n validation files with at least 4x that many."""
-    from models.corpus import encode_file, split_files
-    from models.tokenizer import Tokenizer
-    tok = Tokenizer.load()
-    out = []
-    for _, text in split_files("val"):
-        ids = encode_file(tok, text)
-        if len(ids) >= 4 * length:
-            out.append(ids[len(ids) // 2:len(ids) // 2 + length])
-            if len(out) == n:
-                return out
-    raise RuntimeError(f"fewer than {n} validation files with {4 * length} tokens")
 
 
 def tiny_target():

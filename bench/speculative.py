@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import decoding
-from bench.common import machine, markdown_table, write_results
+from bench.common import code_prompts, machine, markdown_table, write_results
 
 KS = (2, 4, 6)
 
@@ -49,22 +49,6 @@ def tiny_pair():
     target = LlamaDecoder(DecoderConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, **common)).eval()
     draft = LlamaDecoder(DecoderConfig(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, **common)).eval()
     return target, draft
-
-
-def code_prompts(n: int, length: int) -> list[list[int]]:
-    """The middle `length` tokens of the first n validation files that are long enough."""
-    from models.corpus import encode_file, split_files
-    from models.tokenizer import Tokenizer
-    tok = Tokenizer.load()
-    out = []
-    for _, text in split_files("val"):
-        ids = encode_file(tok, text)
-        if len(ids) >= 4 * length:
-            mid = len(ids) // 2
-            out.append(ids[mid:mid + length])
-            if len(out) == n:
-                return out
-    raise RuntimeError(f"fewer than {n} validation files with {4 * length} tokens")
 
 
 def random_prompts(n: int, length: int, vocab: int) -> list[list[int]]:

@@ -153,8 +153,10 @@ class LlamaDecoder(nn.Module):
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)) for proposal heads."""
         self._check(input_ids, cache, attention_mask, positions)
         if (input_ids.is_cuda and attention_mask is None and positions is None and not return_hidden
-                and input_ids.shape[1] <= self.cuda_graph_max_tokens and int(cache.lengths.min()) > 0):
-            return self._graph_step(input_ids, cache, logits_to_keep)
+                and input_ids.shape[1] <= self.cuda_graph_max_tokens):
+            shortest, longest = torch.stack(torch.aminmax(cache.lengths)).tolist()  # one read-back
+            if shortest > 0:
+                return self._graph_step(input_ids, cache, logits_to_keep, longest)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         slots = cache.slots_for(valid)  # raises on overflow before any work
         if positions is None:
@@ -172,10 +174,10 @@ class LlamaDecoder(nn.Module):
 
     __call__ = nn.Module.__call__
 
-    def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int) -> Tensor:
+    def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int, longest: int) -> Tensor:
         from .compiled import GraphedStep
-        if int(cache.lengths.max()) + input_ids.shape[1] > cache.capacity:
-            raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {input_ids.shape[1]} new "
+        if longest + input_ids.shape[1] > cache.capacity:
+            raise ValueError(f"cache overflow: {longest} cached + {input_ids.shape[1]} new "
                              f"tokens > capacity {cache.capacity}; create the cache with a larger max_len")
         if self._graphed is None:
             self._graphed = GraphedStep(self)

@@ -40,7 +40,10 @@ def check_input_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids")
         raise ValueError(f"{name} must have shape [B, T], got {tuple(input_ids.shape)}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must hold integer token ids (torch.long), got {input_ids.dtype}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        bad = int(input_ids.max()) if int(input_ids.max()) >= vocab_size else int(input_ids.min())
+    if not input_ids.numel():
+        return
+    lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read-back per forward
+    if lo < 0 or hi >= vocab_size:
+        bad = hi if hi >= vocab_size else lo
         raise ValueError(f"{name} holds token id {bad} outside the vocabulary [0, {vocab_size}); "
                          f"check the tokenizer matches the model")

@@ -60,3 +60,20 @@ def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.T
 
 def hf_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def hf_greedy(hf, ids, mask, max_new_tokens: int, **kw):
+    """HF's own greedy generate: the oracle of the exact modes (a max_new_tokens in kw wins)."""
+    with torch.no_grad():
+        return hf.generate(ids, attention_mask=mask, do_sample=False, **{"max_new_tokens": max_new_tokens, **kw})
+
+
+def mid_eos(ref, T):
+    """A token the reference emits mid-sequence in some row, but not as any row's first token."""
+    import pytest
+    new = ref[:, T:]
+    for step in range(3, new.shape[1] - 3):
+        for row in new.tolist():
+            if row[step] not in new[:, 0].tolist() and row[step] not in row[:step]:
+                return row[step]
+    pytest.skip("no token suitable as a mid-sequence eos")

@@ -7,7 +7,7 @@ import torch
 
 import decoding
 from decoding.jacobi_proposers import ngram_guess
-from hf_tiny import left_pad, tiny
+from hf_tiny import hf_greedy, left_pad, mid_eos, tiny
 from models.hf_weights import from_hf
 
 ROWS = [[5, 17, 23, 8, 41, 9, 77, 3, 12, 60, 33, 7], [11, 4, 90, 2], [6, 55, 21, 19, 30, 44, 70], [8, 8, 31]]
@@ -27,27 +27,12 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def hf_greedy(hf, ids, mask, **kw):
-    with torch.no_grad():
-        return hf.generate(ids, attention_mask=mask, do_sample=False, **{"max_new_tokens": N, **kw})
-
-
-def mid_eos(ref, T):
-    """A token the reference emits mid-sequence in some row, but not as any row's first token."""
-    new = ref[:, T:]
-    for step in range(3, N - 3):
-        for row in new.tolist():
-            if row[step] not in new[:, 0].tolist() and row[step] not in row[:step]:
-                return row[step]
-    pytest.skip("no token suitable as a mid-sequence eos")
-
-
 @pytest.mark.parametrize("family", list(FAMILY_MODES))
 def test_hf_batch_equals_greedy(family):
     hf = tiny(family)
     ids, mask = left_pad(ROWS)
-    eos = mid_eos(hf_greedy(hf, ids, mask, eos_token_id=None), ids.shape[1])
-    ref = hf_greedy(hf, ids, mask, eos_token_id=eos)
+    eos = mid_eos(hf_greedy(hf, ids, mask, N, eos_token_id=None), ids.shape[1])
+    ref = hf_greedy(hf, ids, mask, N, eos_token_id=eos)
     assert (ref[:, ids.shape[1]:] == eos).any(1).sum() >= 1
     fixed = 0.0
     for strategy, init, n in FAMILY_MODES[family]:
@@ -65,7 +50,7 @@ def test_native_equals_greedy_with_processors():
     model = from_hf(hf)
     ids, mask = left_pad(ROWS)
     kw = dict(repetition_penalty=1.3, min_new_tokens=5, eos_token_id=[2, 9])
-    ref = hf_greedy(hf, ids, mask, **kw)
+    ref = hf_greedy(hf, ids, mask, N, **kw)
     for strategy, init, n in MODES:
         out = decoding.generate(model, ids, attention_mask=mask, strategy=strategy, jacobi_init=init,
                                 block_size=n, max_new_tokens=N, **kw)
@@ -86,7 +71,7 @@ def test_rows_alone_equal_the_batch():
 def test_sjd_without_sampling_is_greedy_and_warns():
     hf = tiny("gpt2")
     ids, mask = left_pad(ROWS[:2])
-    ref = hf_greedy(hf, ids, mask, eos_token_id=None)
+    ref = hf_greedy(hf, ids, mask, N, eos_token_id=None)
     with pytest.warns(UserWarning, match="decodes greedily"):
         out = decoding.generate(hf, ids, attention_mask=mask, strategy="sjd", max_new_tokens=N, eos_token_id=None)
     assert torch.equal(out.sequences, ref)

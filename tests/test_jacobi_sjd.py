@@ -8,10 +8,10 @@ import itertools
 
 import pytest
 import torch
-from scipy.stats import chisquare
 from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper
 
 import decoding
+from exact_dist import chi2_pvalue
 from decoding import sampling
 from decoding.strategies import jacobi
 from decoding.verify import sample_accept, tracing
@@ -58,18 +58,6 @@ def joint(model, temperature=1.0, top_k=0, repetition_penalty=1.0):
             s = TopKLogitsWarper(top_k)(ids, s)
         probs = (probs[:, None] * s.softmax(-1)).flatten()
     return probs
-
-
-def chi2_pvalue(cells, probs):
-    counts = torch.bincount(cells, minlength=probs.numel()).double()
-    support = probs > 0
-    assert counts[~support].sum() == 0, "sampled a continuation of probability 0"
-    expected, counts = probs[support].double() * cells.numel(), counts[support]
-    small = expected < 5  # pool sparse cells so the chi-square approximation holds
-    if small.any():
-        expected = torch.cat([expected[~small], expected[small].sum()[None]])
-        counts = torch.cat([counts[~small], counts[small].sum()[None]])
-    return chisquare(counts.numpy(), (expected * counts.sum() / expected.sum()).numpy()).pvalue
 
 
 def sjd_cells(target, draws=DRAWS, **kw):

@@ -7,11 +7,11 @@ import itertools
 
 import pytest
 import torch
-from scipy.stats import chisquare
 from transformers import (MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 import decoding
+from exact_dist import chi2_pvalue
 import decoding.sampling
 from models import DecoderConfig, LlamaDecoder
 
@@ -61,18 +61,6 @@ def joint(model, n, **kw):
         prefixes = list(itertools.product(range(V), repeat=step))
         probs = (probs[:, None] * oracle_probs(model, prefixes, **kw)).flatten()
     return probs
-
-
-def chi2_pvalue(cells, probs):
-    counts = torch.bincount(cells, minlength=probs.numel()).double()
-    support = probs > 0
-    assert counts[~support].sum() == 0, "sampled a continuation of probability 0"
-    expected, counts = probs[support].double() * cells.numel(), counts[support]
-    small = expected < 5  # pool sparse cells so the chi-square approximation holds
-    if small.any():
-        expected = torch.cat([expected[~small], expected[small].sum()[None]])
-        counts = torch.cat([counts[~small], counts[small].sum()[None]])
-    return chisquare(counts.numpy(), (expected * counts.sum() / expected.sum()).numpy()).pvalue
 
 
 def sample_cells(target, n, **kw):

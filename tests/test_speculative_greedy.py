@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import decoding
-from hf_tiny import left_pad, tiny
+from hf_tiny import hf_greedy, left_pad, mid_eos, tiny
 from models.hf_weights import from_hf
 
 ROWS = [[5, 17, 23, 8, 41, 9, 77, 3, 12, 60, 33, 7], [11, 4, 90, 2], [6, 55, 21, 19, 30, 44, 70], [8, 8, 31]]
@@ -26,21 +26,6 @@ def noisy_copy(model, family, noise, **overrides):
     return draft
 
 
-def hf_greedy(hf, ids, mask, **kw):
-    with torch.no_grad():
-        return hf.generate(ids, attention_mask=mask, do_sample=False, **{"max_new_tokens": N, **kw})
-
-
-def mid_eos(ref, T):
-    """A token the reference emits mid-sequence in some row, but not as any row's first token."""
-    new = ref[:, T:]
-    for step in range(3, N - 3):
-        for row in new.tolist():
-            if row[step] not in new[:, 0].tolist() and row[step] not in row[:step]:
-                return row[step]
-    pytest.skip("no token suitable as a mid-sequence eos")
-
-
 @pytest.fixture(scope="module", params=list(NOISE))
 def pair(request):
     family = request.param
@@ -51,8 +36,8 @@ def pair(request):
 def test_batch_greedy_equals_target_greedy(pair):
     family, target, draft = pair
     ids, mask = left_pad(ROWS)
-    eos = mid_eos(hf_greedy(target, ids, mask, eos_token_id=None), ids.shape[1])
-    ref = hf_greedy(target, ids, mask, eos_token_id=eos)
+    eos = mid_eos(hf_greedy(target, ids, mask, N, eos_token_id=None), ids.shape[1])
+    ref = hf_greedy(target, ids, mask, N, eos_token_id=eos)
     out = decoding.generate(target, ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=3,
                             max_new_tokens=N, eos_token_id=eos, **EXACT)
     assert torch.equal(out.sequences, ref), family
@@ -79,7 +64,7 @@ def test_native_target_and_draft(rows):
     hf_target = tiny("llama")
     target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", NOISE["llama"]))
     ids, mask = left_pad(rows)
-    ref = hf_greedy(hf_target, ids, mask, eos_token_id=None)
+    ref = hf_greedy(hf_target, ids, mask, N, eos_token_id=None)
     for a, t in ((draft, target), (draft, hf_target), (hf_target, target)):  # native, mixed pairs
         out = decoding.generate(t, ids, attention_mask=mask, assistant_model=a, num_assistant_tokens=3,
                                 max_new_tokens=N, eos_token_id=None, **EXACT)
@@ -91,7 +76,7 @@ def test_draft_equal_to_target_accepts_everything():
     ids, mask = left_pad(ROWS)
     out = decoding.generate(target, ids, attention_mask=mask, assistant_model=target, num_assistant_tokens=3,
                             max_new_tokens=N, eos_token_id=None, **EXACT)
-    assert torch.equal(out.sequences, hf_greedy(target, ids, mask, eos_token_id=None))
+    assert torch.equal(out.sequences, hf_greedy(target, ids, mask, N, eos_token_id=None))
     s = out.stats
     assert s.accept_rate_by_position == [1.0, 1.0, 1.0] and s.target_forwards == N // 4 and s.tau == 4.0
 
@@ -100,7 +85,7 @@ def test_prompt_lookup_equals_greedy():
     target = tiny("gpt2")
     rows = [[5, 17, 23, 8, 5, 17, 23, 8, 5, 17], [11, 4, 90, 11, 4], [6, 55, 6, 55, 6, 55, 6]]
     ids, mask = left_pad(rows)
-    ref = hf_greedy(target, ids, mask, eos_token_id=None)
+    ref = hf_greedy(target, ids, mask, N, eos_token_id=None)
     out = decoding.generate(target, ids, attention_mask=mask, prompt_lookup_num_tokens=4, max_new_tokens=N,
                             eos_token_id=None)
     assert torch.equal(out.sequences, ref)
