@@ -44,13 +44,19 @@ def _kernel_layout(slots: Tensor, lengths: Tensor, valid: Tensor) -> tuple[Tenso
 
 
 class AttentionBatch:
-    """Layout of one forward: query slots (B, T), lengths after the write (B,), real-query mask (B, T).
+    """Layout of one forward: query slots (B, T), lengths after the write (B,), real-query mask (B, T)
+    (None: every query real and appended at its row's end, with `kv_len` the longest new length).
     `kernel` is the decode kernel when this layout can use it (else None), with `q_lens` (B,)."""
 
-    def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor):
+    def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor | None, kv_len: int | None = None):
         self.slots, self.lengths, self.valid = slots, lengths, valid
         self._masks: dict[int, Tensor | None] = {}
         self.kernel, self.q_lens = kernel_for(slots, slots.shape[1]), None
+        if valid is None:  # the kernel's layout by construction
+            self.kv_len = kv_len
+            if self.kernel is not None:
+                self.q_lens = torch.full_like(lengths, slots.shape[1])
+            return
         if self.kernel is None:
             self.kv_len = int(lengths.max())  # keys past the longest row are never read
             return

@@ -22,6 +22,7 @@ class StaticCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.graphs: dict = {}  # CUDA graphs recorded on these buffers (models/compiled.py)
         self._spare: list | None = None  # CPU reorder's second set of buffers (allocated by the first reorder)
+        self._index: tuple | None = None  # (slots, scatter index) of the current forward
 
     @property
     def batch_size(self) -> int:
@@ -51,11 +52,22 @@ class StaticCache:
         pad_rank = n + (1 - mask.long()).cumsum(1) - 1
         return self.lengths.long()[:, None] + torch.where(mask.bool(), rank, pad_rank)
 
+    def append_slots(self, T: int) -> tuple[Tensor, int]:
+        """Slots (B, T) of T real tokens per row appended at each row's length, and the longest
+        row's length before them. The mask-free case of slots_for in two ops and one read-back."""
+        longest = int(self.lengths.max())
+        if longest + T > self.capacity:
+            raise ValueError(f"cache overflow: {longest} cached + {T} new tokens > "
+                             f"capacity {self.capacity}; create the cache with a larger max_len")
+        return self.lengths.long()[:, None] + torch.arange(T, device=self.lengths.device), longest
+
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
         """k, v: (B, H_kv, T, D) written at `slots` (B, T)."""
-        idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        self.k[layer].scatter_(2, idx, k.to(self.dtype))
-        self.v[layer].scatter_(2, idx, v.to(self.dtype))
+        if self._index is None or self._index[0] is not slots:  # built once per forward, not per layer
+            self._index = (slots, slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
+        idx = self._index[1]
+        self.k[layer].scatter_(2, idx, k if k.dtype == self.dtype else k.to(self.dtype))
+        self.v[layer].scatter_(2, idx, v if v.dtype == self.dtype else v.to(self.dtype))
 
     def advance(self, n_new: Tensor) -> None:
         self.lengths += n_new.to(torch.int32)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .attention import AttentionBatch, attend
 from .cache import StaticCache
+from .layout import k_major_
 from .config import DecoderConfig
 from .protocol import check_input_ids
 from .rope import apply_rope, inv_freq, rope_cos_sin
@@ -114,6 +115,7 @@ class LlamaDecoder(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        k_major_(self)  # faster skinny matmuls on CPU (models/layout.py)
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         # decode/verify steps of up to this many tokens replay CUDA graphs on GPU (0 = always eager)
         self.cuda_graph_max_tokens = 16
@@ -157,12 +159,17 @@ class LlamaDecoder(nn.Module):
             shortest, longest = torch.stack(torch.aminmax(cache.lengths)).tolist()  # one read-back
             if shortest > 0:
                 return self._graph_step(input_ids, cache, logits_to_keep, longest)
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        slots = cache.slots_for(valid)  # raises on overflow before any work
+        if attention_mask is None:  # decode and verify steps: every token real, appended at each row's end
+            slots, longest = cache.append_slots(input_ids.shape[1])  # raises on overflow before any work
+            cache.lengths += input_ids.shape[1]
+            batch = AttentionBatch(slots, cache.lengths, None, kv_len=longest + input_ids.shape[1])
+        else:
+            valid = attention_mask.bool()
+            slots = cache.slots_for(valid)  # raises on overflow before any work
+            cache.advance(valid.sum(1))
+            batch = AttentionBatch(slots, cache.lengths, valid)
         if positions is None:
             positions = slots  # no stored pads: a token's slot is its position
-        cache.advance(valid.sum(1))
-        batch = AttentionBatch(slots, cache.lengths, valid)
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
         x = self.embed(input_ids)
         for layer in self.layers:

@@ -10,14 +10,17 @@ def inv_freq(head_dim: int, theta: float, device=None) -> Tensor:
 
 
 def rope_cos_sin(positions: Tensor, inv_f: Tensor, dtype) -> tuple[Tensor, Tensor]:
-    """positions (B, T) -> cos, sin (B, T, 1, D), computed in float32 as HF does."""
+    """positions (B, T) -> cos, signed sin (B, T, 1, D), computed in float32 as HF does. The sin's
+    first half is negated once here, so each layer's rotation is a roll instead of rotate_half's
+    two slices, negation and concatenation (a CPU decode step pays per op)."""
     freqs = positions.float()[..., None] * inv_f  # (B, T, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype)[:, :, None], emb.sin().to(dtype)[:, :, None]
+    sin = emb.sin()
+    sin[..., :sin.shape[-1] // 2].neg_()
+    return emb.cos().to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, T, H, D)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """x (B, T, H, D); cos and signed sin from rope_cos_sin. Bit-identical to HF's
+    x * cos + rotate_half(x) * sin: (-x2) * s and x2 * (-s) round alike."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin

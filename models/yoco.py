@@ -25,6 +25,7 @@ from .attention import AttentionBatch, attend
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .protocol import check_input_ids
+from .layout import k_major_
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -177,6 +178,7 @@ class YOCODecoder(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        k_major_(self)  # faster skinny matmuls on CPU (models/layout.py)
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.prefill_chunk = max(256, cfg.window)  # query chunk of the windowed prefill

@@ -61,7 +61,8 @@ def test_exact_equals_greedy_batched_with_eos_mid_block(pair):
     s = out.stats
     rates = s.accept_rate_by_position
     assert len(rates) == 4 and 0 < rates[0] < 1 and rates[-1] > 0, rates  # rejections and whole blocks
-    assert s.new_tokens == ref.stats.new_tokens and s.target_forwards < ref.stats.target_forwards
+    # a batch waits for its slowest row, so it may need as many forwards as greedy; tau is per row
+    assert s.new_tokens == ref.stats.new_tokens and s.target_forwards <= ref.stats.target_forwards
     assert s.tau > 1
 
 

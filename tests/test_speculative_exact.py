@@ -108,7 +108,7 @@ def test_prompt_lookup_samples_follow_the_target(pair):
     target, _ = pair
     cells, stats = sample_cells(target, 3, prompt_lookup_num_tokens=2, max_matching_ngram_size=1)
     assert chi2_pvalue(cells, joint(target, 3)) > 1e-3
-    assert 0.01 < stats.accept_rate_by_position[0] < 0.99
+    assert 0 < stats.accept_rate_by_position[0] < 0.99  # both the accept and the reject path ran
 
 
 def test_a_wrong_rejection_rule_fails(pair, monkeypatch):
