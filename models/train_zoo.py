@@ -47,23 +47,37 @@ def greedy(model, ids: torch.Tensor, new: int, eos: int | None = None) -> torch.
     return ids
 
 
+def spec_tau(match: np.ndarray, k: int) -> float:
+    """Tokens per target forward of greedy speculative decoding with exactly k guesses per round,
+    from match (rows, n): the draft's argmax equals the target's greedy token at each position,
+    given the true prefix. Replays each row as the decoder does: a round accepts the run of matching
+    guesses (at most k) plus the target's own token, never past the row's end."""
+    emitted = rounds = 0
+    for row in match:
+        t = 0
+        while t < len(row):
+            run = 0
+            while run < k and t + run < len(row) and row[t + run]:
+                run += 1
+            step = min(run + 1, len(row) - t)
+            emitted, rounds, t = emitted + step, rounds + 1, t + step
+    return emitted / rounds
+
+
+@torch.no_grad()
+def draft_matches(draft, seq: torch.Tensor, prompt_len: int) -> np.ndarray:
+    """(rows, n) bool: the draft's argmax on the true prefix equals seq's continuation token. A guess
+    is only judged when every guess before it was accepted, so teacher forcing is what the decoder sees."""
+    return (draft.forward_train(seq[:, :-1])[:, prompt_len - 1:].argmax(-1) == seq[:, prompt_len:]).numpy()
+
+
 @torch.no_grad()
 def agreement(target, draft, rows: np.ndarray, prompt_len: int = 64, new: int = 32, k: int = 4) -> dict:
     """Fraction of the target's greedy tokens that the draft's argmax predicts (given the target's
     prefix), and tau (tokens per target forward) of greedy speculation with k drafted tokens."""
     ids = greedy(target, torch.as_tensor(rows[:, :prompt_len]), new)
-    guess = draft.forward_train(ids[:, :-1])[:, prompt_len - 1:].argmax(-1)
-    match = (guess == ids[:, prompt_len:]).numpy()  # (rows, new)
-    taus = []
-    for r in match:  # replay greedy speculation along the target's own greedy path
-        i = 0
-        while i < new:
-            run = 0
-            while run < k and i + run < new and r[i + run]:
-                run += 1
-            taus.append(run + 1)  # accepted drafts + the target's bonus token
-            i += run + 1
-    return {"greedy_agreement": float(match.mean()), f"tau_k{k}": float(np.mean(taus)),
+    match = draft_matches(draft, ids, prompt_len)
+    return {"greedy_agreement": float(match.mean()), f"tau_k{k}": spec_tau(match, k),
             "rows": len(rows), "prompt_len": prompt_len, "new_tokens": new}
 
 
