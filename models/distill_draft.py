@@ -2,10 +2,13 @@
 
     python -m models.distill_draft generate --rows 8192          # target's greedy continuations
     python -m models.distill_draft train --max-seconds 1500       # fine-tune the shipped draft on them
+    python -m models.distill_draft ship                           # replace models/shipped/draft
 
 Greedy speculative decoding accepts a drafted token exactly when it equals the target's argmax, so
 the draft is trained with cross-entropy on the target's greedy continuations of corpus windows:
-the labels are the very tokens a greedy verify compares against. `generate` writes chunks of
+the labels are the very tokens a greedy verify compares against. `ship` copies the result over the
+shipped draft, re-measures its validation loss on the corpus slice for train_log.json (the
+pre-training record stays; the distillation is appended) and updates MANIFEST.json. `generate` writes chunks of
 `--chunk-rows` rows (uint16 .npy, prompt + continuation) to `--data-dir`, chunk c seeded with
 (seed, c), so rerunning continues where it stopped and reproduces the same rows. `train` starts
 from `--init` (the shipped draft), trains only on continuation positions, evaluates on held-out
@@ -125,12 +128,58 @@ def train(args) -> dict:
     return log
 
 
+def ship(args) -> dict:
+    """Replace --to (the shipped draft) with --out, keeping MANIFEST.json and the logs truthful."""
+    import shutil
+
+    from . import corpus
+    from .evaluate import evaluate
+    from .train_zoo import agreement as zoo_agreement, write_manifest
+
+    src, dst = Path(args.out), Path(args.to)
+    distill = json.loads((src / "distill_log.json").read_text())
+    rounds, d = [], src  # a run started from an earlier distilled draft: record every round
+    while (d / "distill_log.json").exists() and d.resolve() != dst.resolve():
+        r = json.loads((d / "distill_log.json").read_text())
+        rounds.insert(0, {k: r[k] for k in ("init", "data_rows", "prompt_len", "gen_len", "steps", "train_s",
+                                            "positions_trained", "eval_before", "eval_after", "device")})
+        rounds[0]["lr"], rounds[0]["epochs"] = r["args"]["lr"], r["args"]["epochs"]
+        d = Path(r["init"])
+    log = json.loads((dst / "train_log.json").read_text())
+    for f in ("model.safetensors", "config.json", "distill_log.json"):
+        shutil.copyfile(src / f, dst / f)
+    draft = load(dst, dtype=torch.float32).eval()
+    target = load(args.target, dtype=torch.float32).eval()
+    meta = json.loads((DATA_DIR / "meta.json").read_text())
+    token_bytes = meta["tokenizer"]["token_bytes"]
+    rows = np.asarray(corpus.load_tokens("val_slice"), dtype=np.int64)
+    val = evaluate(draft, rows, token_bytes)
+    val.update({k: log["val"][k] for k in ("windows", "len", "sha256", "slice_python")},
+               precision="float16 weights upcast to float32, CPU")
+    log["pretraining_val"] = log.get("pretraining_val", log["val"])
+    log["val"], log["val_full"] = val, None  # the full-split number was the pre-distillation model's
+    log["distilled"] = {"rounds": rounds, "train_s": round(sum(r["train_s"] for r in rounds), 1),
+                        "eval_before": rounds[0]["eval_before"], "eval_after": rounds[-1]["eval_after"],
+                        "reproduce": args.reproduce}
+    (dst / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    shipped = dst.parent
+    manifest = json.loads((shipped / "MANIFEST.json").read_text())
+    entry = manifest["models"][dst.name]
+    result = {"arch": entry["arch"], "params": entry["params"], "compute_per_token": entry["compute_per_token"],
+              "val": val, "tokens_seen": entry["tokens_seen"], "seconds": entry["seconds"],
+              "device": f"{entry['device']}; distilled on {distill['device']}, {log['distilled']['train_s']} s"}
+    extra = {"draft_vs_target": zoo_agreement(target, draft, rows)}
+    return write_manifest(shipped, {dst.name: result}, extra)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("generate", "train"))
+    ap.add_argument("command", choices=("generate", "train", "ship"))
     ap.add_argument("--target", default=str(ROOT / "models" / "shipped" / "target"))
     ap.add_argument("--init", default=str(ROOT / "models" / "shipped" / "draft"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "draft_distilled"))
+    ap.add_argument("--reproduce", default="", help="ship: the commands that made --out, for the log")
+    ap.add_argument("--to", default=str(ROOT / "models" / "shipped" / "draft"), help="ship: the draft to replace")
     ap.add_argument("--data-dir", default=str(ROOT / "runs" / "distill"))
     ap.add_argument("--tokens-file", default=None, help="generate: corpus tokens for prompts (default data/train.bin)")
     ap.add_argument("--val-tokens-file", default=None, help="train: held-out tokens (default data/val.bin)")
@@ -148,7 +197,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    return (generate if args.command == "generate" else train)(args)
+    return {"generate": generate, "train": train, "ship": ship}[args.command](args)
 
 
 if __name__ == "__main__":
