@@ -35,9 +35,14 @@ def load(directory: str | Path, *, dtype=None, device=None) -> LlamaDecoder:
         from .hf_weights import from_hf
         return from_hf(d, dtype=dtype).to(device)
     cfg = DecoderConfig.from_dict(raw)
-    model = LlamaDecoder(cfg)
+    return load_weights(LlamaDecoder(cfg), d, cfg.tie_embeddings, dtype=dtype, device=device)
+
+
+def load_weights(model, d: Path, tied: bool, *, dtype=None, device=None):
+    """d/model.safetensors into a freshly built native model (a tied lm_head is not stored), in the
+    checkpoint's dtype unless `dtype` is given; any other missing or extra tensor is an error."""
     sd = load_file(str(d / WEIGHTS))
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight" or not cfg.tie_embeddings]:
+    if unexpected or [m for m in missing if m != "lm_head.weight" or not tied]:
         raise ValueError(f"{d / WEIGHTS} does not match its config: missing {missing}, unexpected {unexpected}")
     return model.to(device=device, dtype=dtype or next(iter(sd.values())).dtype).eval()

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .attention import AttentionBatch, attend
 from .cache import StaticCache
-from .layout import k_major_
 from .config import DecoderConfig
+from .layout import k_major_
 from .protocol import check_input_ids
 from .rope import apply_rope, inv_freq, rope_cos_sin
 

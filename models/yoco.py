@@ -24,8 +24,8 @@ from torch import Tensor
 from .attention import AttentionBatch, attend
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
-from .protocol import check_input_ids
 from .layout import k_major_
+from .protocol import check_input_ids
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -299,14 +299,7 @@ def save_yoco(model: YOCODecoder, directory: str | Path, *, dtype=None) -> Path:
 
 
 def load_yoco(directory: str | Path, *, dtype=None, device=None) -> YOCODecoder:
-    from safetensors.torch import load_file
-
-    from .checkpoint import CONFIG, WEIGHTS
+    from .checkpoint import CONFIG, load_weights
     d = Path(directory)
     cfg = YOCOConfig.load(d / CONFIG)
-    model = YOCODecoder(cfg)
-    sd = load_file(str(d / WEIGHTS))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight" or not cfg.tie_embeddings]:
-        raise ValueError(f"{d / WEIGHTS} does not match its config: missing {missing}, unexpected {unexpected}")
-    return model.to(device=device, dtype=dtype or next(iter(sd.values())).dtype).eval()
+    return load_weights(YOCODecoder(cfg), d, cfg.tie_embeddings, dtype=dtype, device=device)

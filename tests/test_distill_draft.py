@@ -20,7 +20,7 @@ def tiny(seed, dim=32, layers=2):
                                       max_seq_len=128)).eval()
 
 
-def test_reported_tau_is_the_decoders(tmp_path):
+def test_reported_tau_is_the_decoders():
     target = tiny(0)
     draft = tiny(0)
     with torch.no_grad():  # a perturbed copy: agrees often, not always
