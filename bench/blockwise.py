@@ -3,7 +3,7 @@ per generated token and tokens/s vs the engine's greedy, for k in {2, 4, 6} prop
 exact acceptance and the lossy top-k acceptance (whose match rate vs greedy is reported apart).
 
     python -m bench.blockwise                        # CPU, 1 thread -> bench/results/cpu/
-    python -m bench.blockwise --heads DIR            # other heads for the shipped target
+    python -m bench.blockwise --heads DIR --name N   # other heads for the shipped target -> N.md/json/png
     python -m bench.blockwise --smoke --out /tmp/x   # a tiny random model and heads, a few seconds
 
 Prompts are slices of validation-split stdlib files (models/corpus.py). Every call generates exactly
@@ -117,7 +117,7 @@ def measure(target, calls: dict, prompts, batch: int, n: int, runs: int) -> list
     return rows
 
 
-def plot(out: Path, rows: list[dict], device: str) -> None:
+def plot(out: Path, rows: list[dict], device: str, stem: str = "blockwise") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,7 +142,7 @@ def plot(out: Path, rows: list[dict], device: str) -> None:
           title="target forwards per token vs k", ylim=(0, 1.1))
     b.legend()
     fig.tight_layout()
-    fig.savefig(out / "blockwise.png", dpi=100)
+    fig.savefig(out / f"{stem}.png", dpi=100)
     plt.close(fig)
 
 
@@ -204,7 +204,8 @@ def main(argv=None) -> dict:
     argv_used = sys.argv[1:] if argv is None else list(argv)
     heads_name = "random (smoke)" if args.smoke else os.path.relpath(args.heads, SHIPPED.parent.parent)
     payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "dtype": str(target.dtype),
-               "heads": heads_name, "heads_k": heads.k, "new_tokens": n, "prompts": len(prompts),
+               "heads": heads_name, "heads_k": heads.k, "heads_kind": heads.config.kind, "new_tokens": n,
+               "prompts": len(prompts),
                "prompt_len": len(prompts[0]), "runs": runs, "rows": rows}
     log = None if args.smoke else _train_eval(args.heads)
     if log:
@@ -215,7 +216,8 @@ def main(argv=None) -> dict:
           f"Machine: {info['device']}, {info.get('threads')} torch threads, torch {info['torch']}, python "
           f"{info['python']}; load average after the run {os.getloadavg()[0]:.1f} (a shared machine); "
           f"`python -m bench.blockwise {' '.join(argv_used)}`.\n",
-          f"Heads: {heads_name} ({heads.k} heads). {len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens "
+          f"Heads: {heads_name} ({heads.k} {heads.config.kind} heads). {len(prompts)} prompts of {len(prompts[0])} "
+          f"tokens, {n} new tokens "
           f"per row (min_new_tokens, eos off), {target.dtype}; median of {runs} runs. tokens/s counts whole calls "
           "(prefill included) over all prompts; batch 1 = the prompts one at a time. k = proposals per round "
           "(heads used); a round emits up to k + 1 tokens. target_forwards_per_token counts the prefill; in "
@@ -230,7 +232,7 @@ def main(argv=None) -> dict:
           "fraction of tokens before the first difference.\n",
           markdown_table(topk_rows, TOPK_COLUMNS), "", goals(rows)]
     write_results(args.out, args.name, payload, "\n".join(md))
-    plot(args.out, rows, info["device"])
+    plot(args.out, rows, info["device"], args.name)
     return payload
 
 

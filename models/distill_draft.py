@@ -137,7 +137,8 @@ def ship(args) -> dict:
     from .train_zoo import agreement as zoo_agreement, write_manifest
 
     src, dst = Path(args.out), Path(args.to)
-    distill = json.loads((src / "distill_log.json").read_text())
+    if not (src / "distill_log.json").exists():
+        raise FileNotFoundError(f"{src} has no distill_log.json: ship a directory written by `train` (--out)")
     rounds, d = [], src  # a run started from an earlier distilled draft: record every round
     while (d / "distill_log.json").exists() and d.resolve() != dst.resolve():
         r = json.loads((d / "distill_log.json").read_text())
@@ -165,9 +166,11 @@ def ship(args) -> dict:
     shipped = dst.parent
     manifest = json.loads((shipped / "MANIFEST.json").read_text())
     entry = manifest["models"][dst.name]
+    base = entry["device"].split("; distilled on ")[0]  # where it was pre-trained (a re-ship replaces the rest)
     result = {"arch": entry["arch"], "params": entry["params"], "compute_per_token": entry["compute_per_token"],
               "val": val, "tokens_seen": entry["tokens_seen"], "seconds": entry["seconds"],
-              "device": f"{entry['device']}; distilled on {distill['device']}, {log['distilled']['train_s']} s"}
+              "device": f"{base}; distilled on {', '.join(sorted({r['device'] for r in rounds}))}, "
+                        f"{log['distilled']['train_s']} s"}
     extra = {"draft_vs_target": zoo_agreement(target, draft, rows)}
     return write_manifest(shipped, {dst.name: result}, extra)
 

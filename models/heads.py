@@ -1,7 +1,15 @@
-"""Blockwise proposal heads (Stern et al., "Blockwise Parallel Decoding"): k small heads on a frozen
-native target. From the target's final-norm hidden state at position t, head i (i = 1..k) predicts
-token t+1+i; the target's own lm_head predicts t+1. Each head is a residual feed-forward layer and
-a norm, followed by the TARGET's lm_head (shared and frozen, so it is not stored with the heads).
+"""Blockwise proposal heads on a frozen native target. From the target's final-norm hidden state at
+position t, head i (i = 1..k) predicts token t+1+i; the target's own lm_head predicts t+1. Every
+head ends in the TARGET's lm_head (shared and frozen, so it is not stored with the heads).
+
+Two kinds (HeadsConfig.kind):
+  "independent"  Stern et al., "Blockwise Parallel Decoding": head i is a residual feed-forward
+                 layer and a norm on the hidden state alone, all heads in one batched matmul.
+  "hydra"        sequentially dependent heads (Ankner et al., "Hydra", 2024): head i also reads the
+                 embedding of the token before the one it predicts (head 1: the target's own next
+                 token, head i > 1: head i-1's guess), through a running residual state. One
+                 shared feed-forward layer with a per-head bias and norms, so it fits the 4 MB
+                 budget at any k; it costs k small sequential steps per round instead of one.
 
 Files: `heads.safetensors` + `heads.json` (the HeadsConfig, which names the target it was trained for).
 """
@@ -20,33 +28,41 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 WEIGHTS, CONFIG = "heads.safetensors", "heads.json"
+KINDS = ("independent", "hydra")
 
 
 @dataclass
 class HeadsConfig:
     k: int
     dim: int
-    hidden: int | None = None  # feed-forward width; default dim (fits 4 MB in fp16 up to dim 384 at k 4)
+    # feed-forward width; default dim for "independent" (fits 4 MB in fp16 up to dim 384 at k 4), 3 * dim for
+    # "hydra" (one layer shared by all heads)
+    hidden: int | None = None
     norm_eps: float = 1e-6
     # fingerprint of the target the heads were trained on (its lm_head and hidden size)
     target_vocab_size: int | None = None
     target_dim: int | None = None
     target_n_layers: int | None = None
+    kind: str = "independent"
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"HeadsConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.hidden is None:
-            self.hidden = self.dim
+            self.hidden = 3 * self.dim if self.kind == "hydra" else self.dim
         if self.k < 1 or self.dim < 1 or self.hidden < 1:
             raise ValueError(f"HeadsConfig needs k, dim, hidden >= 1, got {self.k}, {self.dim}, {self.hidden}")
 
     def num_parameters(self) -> int:
+        if self.kind == "hydra":  # shared W1 (2 dim -> hidden), W2; per head a bias and two norm weights
+            return 3 * self.dim * self.hidden + self.k * (self.hidden + 2 * self.dim)
         return self.k * (2 * self.dim * self.hidden + self.dim)  # W1, W2, norm weight per head
 
     @classmethod
-    def for_target(cls, target, k: int, hidden: int | None = None) -> "HeadsConfig":
+    def for_target(cls, target, k: int, hidden: int | None = None, kind: str = "independent") -> "HeadsConfig":
         c = target.config
         return cls(k=k, dim=c.dim, hidden=hidden, target_vocab_size=c.vocab_size, target_dim=c.dim,
-                   target_n_layers=c.n_layers)
+                   target_n_layers=c.n_layers, kind=kind)
 
     def check_target(self, target, where: str = "heads") -> None:
         """Raise a clear error when `target` is not the kind of model these heads were trained on."""
@@ -111,6 +127,89 @@ class BlockwiseHeads(nn.Module):
         """hidden (B, T, dim), the target's lm_head -> logits (B, T, k, V); [..., i-1, :] predicts t+1+i."""
         return lm_head(self.features(hidden))
 
+    def train_logits(self, hidden: Tensor, inputs: Tensor, target) -> Tensor:
+        """Training interface shared with HydraHeads; independent heads ignore the inputs."""
+        return self(hidden, target.lm_head)
+
+    def propose(self, hidden: Tensor, first: Tensor, target, pick) -> Tensor:
+        """hidden (B, dim) -> (B, k) guesses; pick(j, logits (B, V), guesses so far (B, j)) -> (B,)."""
+        logits = self(hidden[:, None], target.lm_head)[:, 0]  # (B, k, V)
+        guess = first.new_zeros(first.shape[0], 0)
+        for j in range(self.k):
+            guess = torch.cat([guess, pick(j, logits[:, j], guess)[:, None]], 1)
+        return guess
+
+
+class HydraHeads(nn.Module):
+    """Sequentially dependent heads: state s_0 = the target's hidden h_t; head i reads s_{i-1} and the
+    embedding e_i of token t+i (the target's embedding table, frozen), and
+        s_i = s_{i-1} + W2 silu(W1 [norm_in_i(s_{i-1}); e_i] + b_i),   logits_i = lm_head(norm_out_i(s_i)).
+    Trained with teacher forcing (e_i of the real next tokens), which is exactly the case that matters
+    for exact acceptance: head i's guess only counts when heads 1..i-1 guessed right."""
+
+    def __init__(self, config: HeadsConfig, *, init: bool = True):
+        super().__init__()
+        if config.kind != "hydra":
+            raise ValueError(f"HydraHeads needs a HeadsConfig with kind='hydra', got {config.kind!r}")
+        self.config = c = config
+        self.k, self.dim = c.k, c.dim
+        self.w1 = nn.Parameter(torch.empty(2 * c.dim, c.hidden))
+        self.b1 = nn.Parameter(torch.zeros(c.k, c.hidden))
+        self.w2 = nn.Parameter(torch.zeros(c.hidden, c.dim))  # zero: s_i = h_t at init
+        self.norm_in = nn.Parameter(torch.ones(c.k, c.dim))
+        self.norm_out = nn.Parameter(torch.ones(c.k, c.dim))
+        if init:  # first() shares trained weights: no random fill to throw away
+            nn.init.normal_(self.w1, std=(2 * c.dim) ** -0.5)
+
+    def step(self, i: int, s: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """(state (..., dim), embedding of the token before head i's) -> (next state, lm_head input).
+        Few ops on purpose: a decode round runs k of these one after another at batch size 1."""
+        n, eps, dt = (self.dim,), self.config.norm_eps, s.dtype
+        w1, b1, w2, g_in, g_out = self.w1, self.b1[i], self.w2, self.norm_in[i], self.norm_out[i]
+        if w1.dtype != dt:  # e.g. fp32 master weights on bf16 features without autocast
+            w1, b1, w2, g_in, g_out = (t.to(dt) for t in (w1, b1, w2, g_in, g_out))
+        x = torch.cat([F.rms_norm(s, n, g_in, eps), emb.to(dt)], -1)
+        if s.dim() == 2:  # a decode round (B, dim): bias and residual fused into the matmuls
+            s = torch.addmm(s, F.silu(torch.addmm(b1, x, w1)), w2)
+        else:
+            s = s + F.silu(x @ w1 + b1) @ w2
+        return s, F.rms_norm(s, n, g_out, eps)
+
+    def train_logits(self, hidden: Tensor, inputs: Tensor, target) -> Tensor:
+        """hidden (B, T, dim), inputs (B, T, k) = tokens t+1..t+k (teacher forcing) -> (B, T, k, V)."""
+        emb, s, feats = target.embed(inputs), hidden, []
+        for i in range(inputs.shape[-1]):
+            s, f = self.step(i, s, emb[..., i, :])
+            feats.append(f)
+        return target.lm_head(torch.stack(feats, -2))
+
+    def propose(self, hidden: Tensor, first: Tensor, target, pick) -> Tensor:
+        """hidden (B, dim), first (B,) the target's token t+1 -> (B, k) guesses of t+2..t+k+1;
+        pick(j, logits (B, V), guesses so far (B, j)) -> (B,) chooses each guess."""
+        s, tok = hidden, first
+        guess = first.new_zeros(first.shape[0], 0)
+        for j in range(self.k):
+            s, f = self.step(j, s, target.embed(tok))
+            tok = pick(j, target.lm_head(f), guess)
+            guess = torch.cat([guess, tok[:, None]], 1)
+        return guess
+
+    def first(self, k: int) -> "HydraHeads":
+        """The first k heads (the shared layer, the leading biases and norms)."""
+        if not 1 <= k <= self.k:
+            raise ValueError(f"first(k) needs 1 <= k <= {self.k}, got {k}")
+        sub = HydraHeads(dataclasses.replace(self.config, k=k), init=False)
+        sub.w1, sub.w2 = self.w1, self.w2
+        sub.b1, sub.norm_in, sub.norm_out = (nn.Parameter(p[:k]) for p in (self.b1, self.norm_in, self.norm_out))
+        return sub
+
+
+def build_heads(config: HeadsConfig) -> nn.Module:
+    """An untrained heads module of config.kind."""
+    if config.kind == "hydra":
+        return HydraHeads(config)
+    return BlockwiseHeads(config.dim, config.k, config=config)
+
 
 def target_forward_with_hidden(model, input_ids: Tensor, cache, attention_mask: Tensor | None = None,
                                *, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -122,7 +221,7 @@ def target_forward_with_hidden(model, input_ids: Tensor, cache, attention_mask: 
     return model(input_ids, cache, positions=positions, attention_mask=attention_mask, return_hidden=True)
 
 
-def save_heads(heads: BlockwiseHeads, directory: str | Path, *, dtype=torch.float16) -> Path:
+def save_heads(heads: nn.Module, directory: str | Path, *, dtype=torch.float16) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     sd = {n: p.detach().to(dtype).contiguous().cpu() for n, p in heads.state_dict().items()}
@@ -131,10 +230,10 @@ def save_heads(heads: BlockwiseHeads, directory: str | Path, *, dtype=torch.floa
     return d
 
 
-def load_heads(heads: str | Path | BlockwiseHeads, target, *, dtype=None, device=None) -> BlockwiseHeads:
-    """Heads from a directory (or an already built module), checked against `target` and moved to
-    the target's device and dtype unless told otherwise."""
-    if isinstance(heads, BlockwiseHeads):
+def load_heads(heads, target, *, dtype=None, device=None):
+    """Heads (BlockwiseHeads or HydraHeads) from a directory (or an already built module), checked
+    against `target` and moved to the target's device and dtype unless told otherwise."""
+    if isinstance(heads, (BlockwiseHeads, HydraHeads)):
         heads.config.check_target(target, "these heads")
         module = heads
     else:
@@ -144,7 +243,7 @@ def load_heads(heads: str | Path | BlockwiseHeads, target, *, dtype=None, device
                                     f"(written by models.heads.save_heads / python -m models.train_heads)")
         cfg = HeadsConfig.from_dict(json.loads((d / CONFIG).read_text()))
         cfg.check_target(target, f"heads in {d}")
-        module = BlockwiseHeads(cfg.dim, cfg.k, config=cfg)
+        module = build_heads(cfg)
         sd = load_file(str(d / WEIGHTS))
         try:
             module.load_state_dict(sd)

@@ -1,7 +1,11 @@
 """Train blockwise proposal heads (models/heads.py) on a frozen native target.
 
-    python -m models.train_heads --target models/shipped/target --out models/shipped/heads --k 4 \
-        --data distill --device cuda --max-seconds 30
+    python -m models.train_heads --target models/shipped/target --out runs/heads --k 6 \
+        --data distill --device cuda --max-seconds 30                    # models/shipped/heads_independent
+    python -m models.distill_draft generate --rows 40960                   # greedy rows for --data rows
+    python -m models.train_heads --target models/shipped/target --out runs/hydra_k6 --kind hydra --k 6 \
+        --data rows --rows-dir runs/distill --device cpu --threads 2 --cpu-bf16 --batch 2048 \
+        --lr 3e-3 --tokens 12000000 --max-seconds 0                      # models/shipped/heads
 
 Data (`--data`):
   corpus   head i at position t learns the corpus token t+1+i (teacher forcing on real code).
@@ -13,6 +17,14 @@ Data (`--data`):
            generation gives gen-len exact examples per row, against k + 1 sequential forwards per
            position for per-position chains. Exact blockwise acceptance checks the heads against
            exactly this chain, which is why distillation raises acceptance over corpus labels.
+  rows     the same self-distillation from rows generated beforehand by
+           `python -m models.distill_draft generate` (`--rows-dir`): the frozen target's features are
+           computed once per chunk and cached (models/head_features.py), and every step trains on
+           `--batch` random continuation positions of all rows. For CPU training, where a target
+           forward per step would cost as much as the heads' own step.
+
+`--kind`: "independent" heads (Stern et al.) or "hydra" heads that also read the token before each
+guess (models/heads.py); both train with teacher forcing on the same labels.
 
 Reproducible: the heads start from `--seed`, and batch b's data comes from a generator seeded with
 (seed, b), so a resumed run (`--resume`, state in `--state`, safetensors + JSON) continues exactly.
@@ -36,7 +48,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import load as load_target
-from .heads import BlockwiseHeads, HeadsConfig, save_heads
+from .head_features import PositionBatches, cache_features
+from .heads import HeadsConfig, build_heads, save_heads
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # where models.corpus writes train/val.bin
 IGNORE = -100
@@ -78,23 +91,31 @@ def greedy_continue(target, prompts: torch.Tensor, n: int, cache=None) -> torch.
     return out
 
 
-def head_labels(seq: torch.Tensor, start: int, k: int) -> torch.Tensor:
-    """seq (B, L) -> labels (B, L - 1 - start, k) for positions t in [start, L - 2]:
-    head i (i = 1..k) at t gets seq[t + 1 + i], IGNORE where that runs past the end."""
+def head_window(seq: torch.Tensor, start: int, k: int) -> torch.Tensor:
+    """seq (B, L) -> (B, L - 1 - start, k + 1) for positions t in [start, L - 2]: tokens t+1..t+k+1,
+    IGNORE where that runs past the end. Head i reads [..., i - 1] (hydra) and predicts [..., i]."""
     L = seq.shape[1]
     t = torch.arange(start, L - 1, device=seq.device)
-    idx = t[:, None] + 1 + torch.arange(1, k + 1, device=seq.device)  # (T', k)
-    labels = seq[:, idx.clamp(max=L - 1)]
-    return labels.masked_fill(idx >= L, IGNORE)
+    idx = t[:, None] + 1 + torch.arange(k + 1, device=seq.device)  # (T', k + 1)
+    return seq[:, idx.clamp(max=L - 1)].masked_fill(idx >= L, IGNORE)
 
 
-def heads_loss(target, heads: BlockwiseHeads, seq: torch.Tensor, start: int) -> torch.Tensor:
+def window_logits(target, heads, hidden: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced logits (B, T, k, V) of hidden (B, T, dim) and its token window (B, T, k + 1)."""
+    return heads.train_logits(hidden, window[..., :-1].clamp(min=0), target)
+
+
+def window_loss(target, heads, hidden: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of all heads: head i predicts window[..., i]."""
+    logits = window_logits(target, heads, hidden, window)
+    return F.cross_entropy(logits.flatten(0, 2).float(), window[..., 1:].flatten(), ignore_index=IGNORE)
+
+
+def heads_loss(target, heads, seq: torch.Tensor, start: int) -> torch.Tensor:
     """Mean cross-entropy of all heads over positions [start, L - 2] of seq (B, L)."""
     with torch.no_grad():
         hidden = target.hidden_train(seq)[:, start:-1]  # (B, T', dim), frozen target
-    logits = heads(hidden, target.lm_head)  # (B, T', k, V)
-    labels = head_labels(seq, start, heads.k)
-    return F.cross_entropy(logits.flatten(0, 2).float(), labels.flatten(), ignore_index=IGNORE)
+    return window_loss(target, heads, hidden, head_window(seq, start, heads.k))
 
 
 class Batches:
@@ -125,7 +146,7 @@ class Batches:
 
 # -- evaluation ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(target, heads: BlockwiseHeads, val: np.ndarray, *, rows: int, prompt_len: int, gen_len: int,
+def evaluate(target, heads, val: np.ndarray, *, rows: int, prompt_len: int, gen_len: int,
              batch: int = 64) -> dict:
     """Per-head top-1 accuracy against the target's greedy continuation of held-out prompts."""
     rng = np.random.default_rng(0)  # the same held-out prompts for every run
@@ -137,9 +158,11 @@ def evaluate(target, heads: BlockwiseHeads, val: np.ndarray, *, rows: int, promp
     for lo in range(0, rows, batch):
         seq = greedy_continue(target, prompts[lo:lo + batch], gen_len, cache)
         hidden = target.hidden_train(seq)[:, start:-1]  # (B, T', dim)
+        window = head_window(seq, start, k)
         with torch.autocast(target.device.type, dtype=torch.bfloat16, enabled=cuda):
-            pred = heads(hidden, target.lm_head).argmax(-1)  # (B, T', k)
-        labels = head_labels(seq, start, k)
+            # teacher forcing = what exact acceptance sees: head i counts only after heads < i were right
+            pred = window_logits(target, heads, hidden, window).argmax(-1)  # (B, T', k)
+        labels = window[..., 1:]
         valid = labels != IGNORE
         ok = (pred == labels) & valid
         hits += ok.sum((0, 1)).float().cpu()
@@ -198,7 +221,13 @@ def parse(argv=None):
     ap.add_argument("--out", required=True, help="where heads.safetensors, heads.json, train_log.json go")
     ap.add_argument("--k", type=int, default=4, help="number of heads (tokens proposed beyond the target's own)")
     ap.add_argument("--hidden", type=int, default=None, help="head feed-forward width (default: target dim)")
-    ap.add_argument("--data", choices=("distill", "corpus"), default="distill")
+    ap.add_argument("--kind", choices=("independent", "hydra"), default="independent",
+                    help="independent heads (Stern et al.) or hydra heads that read the token before each guess")
+    ap.add_argument("--data", choices=("distill", "corpus", "rows"), default="distill")
+    ap.add_argument("--rows-dir", default="runs/distill",
+                    help="rows: greedy rows from `python -m models.distill_draft generate` (features cached there)")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="run the heads under bf16 autocast on CPU too (AMX; always on for CUDA)")
     ap.add_argument("--tokens", type=int, default=14_000_000,
                     help="budget of trained positions (sized for ~25 s of distill training on an H200)")
     ap.add_argument("--tokens-file", default=None, help="uint16 .bin/.npy training tokens (default data/train.bin)")
@@ -212,7 +241,7 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--batch", type=int, default=64, help="rows per optimizer step")
+    ap.add_argument("--batch", type=int, default=64, help="rows per optimizer step (rows data: positions per step)")
     ap.add_argument("--seq", type=int, default=256, help="corpus: trained positions per row")
     ap.add_argument("--prompt-len", type=int, default=32, help="distill/eval: corpus prompt length")
     ap.add_argument("--gen-len", type=int, default=224, help="distill: greedy tokens generated per row")
@@ -256,13 +285,12 @@ def main(argv=None) -> dict:
         raise ValueError(f"prompt-len + gen-len exceeds the target's max_seq_len {target.config.max_seq_len}")
 
     torch.manual_seed(args.seed)
-    heads = BlockwiseHeads(target.config.dim, args.k, config=HeadsConfig.for_target(target, args.k, args.hidden))
-    heads.to(dev)
+    heads = build_heads(HeadsConfig.for_target(target, args.k, args.hidden, args.kind)).to(dev)
     opt = torch.optim.AdamW(heads.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     state_dir = Path(args.state or Path("runs") / f"heads_{Path(args.out).name}")
     # what must not change on resume (a larger --tokens budget may: it extends the schedule)
     fingerprint = {"heads": heads.config.to_dict(), **{n: getattr(args, n) for n in (
-        "data", "seed", "batch", "seq", "prompt_len", "gen_len", "pool_rows", "tokens_file")}}
+        "data", "seed", "batch", "seq", "prompt_len", "gen_len", "pool_rows", "tokens_file", "rows_dir")}}
     step, tokens, history, elapsed_before = 0, 0, [], 0.0
     if args.resume and (state_dir / "state.json").exists():
         meta = load_state(state_dir, heads, opt)
@@ -273,8 +301,15 @@ def main(argv=None) -> dict:
     elif args.resume:
         print(f"--resume: no state in {state_dir}, starting fresh")
 
-    batches = Batches(args, target, train_tok)
-    per_step = args.batch * (args.seq if args.data == "corpus" else args.gen_len)
+    if args.data == "rows":
+        cache_features(target, args.rows_dir)
+        batches = PositionBatches(args.rows_dir, k=args.k, positions=args.batch, seed=args.seed, device=dev,
+                                  ignore=IGNORE)
+        per_step = args.batch
+    else:
+        batches = Batches(args, target, train_tok)
+        per_step = args.batch * (args.seq if args.data == "corpus" else args.gen_len)
+    autocast = cuda or args.cpu_bf16
     warmup = min(args.tokens // 10, 30 * per_step)
 
     def save(elapsed):
@@ -294,11 +329,15 @@ def main(argv=None) -> dict:
         if args.max_steps and run_steps >= args.max_steps:
             stopped_by = "max_steps"
             break
-        seq, start = batches.get(step)
         for g in opt.param_groups:
             g["lr"] = lr_at(tokens, args.tokens, args.lr, warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = heads_loss(target, heads, seq, start)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            if args.data == "rows":
+                hidden, window = batches.get(step)
+                loss = window_loss(target, heads, hidden.to(target.dtype), window)
+            else:
+                seq, start = batches.get(step)
+                loss = heads_loss(target, heads, seq, start)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)

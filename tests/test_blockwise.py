@@ -1,5 +1,5 @@
-"""Blockwise parallel decoding (Stern et al.) on a tiny random native model with random heads (the
-oracle is greedy decoding of the same model, itself checked against HF): exact acceptance is
+"""Blockwise parallel decoding (Stern et al.) on a tiny random native model with random independent
+heads and with briefly fitted hydra heads (the oracle is greedy decoding of the same model, itself checked against HF): exact acceptance is
 token-identical to greedy, batched with left padding, eos inside a block and processors; rows run
 alone equal the batch; top-k acceptance emits only tokens within the target's top-k at their
 position, checked against a cache-free recomputed forward."""
@@ -8,7 +8,7 @@ import torch
 
 import decoding
 from models import DecoderConfig, LlamaDecoder
-from models.heads import BlockwiseHeads, HeadsConfig
+from models.heads import HeadsConfig, build_heads
 
 torch.set_num_threads(1)
 ROWS = [[5, 9, 3, 17, 22, 8, 4], [11, 30], [7, 7, 40, 2, 19], [8, 8, 31]]
@@ -27,17 +27,35 @@ def tiny():
     return m
 
 
-def random_heads(model, k=4, noise=0.05, seed=1):
-    h = BlockwiseHeads(model.config.dim, k, config=HeadsConfig.for_target(model, k))
+def random_heads(model, k=4, noise=0.05, seed=1, kind="independent"):
+    h = build_heads(HeadsConfig.for_target(model, k, kind=kind))
     with torch.no_grad():
         h.w2.copy_(noise * torch.randn(h.w2.shape, generator=torch.Generator().manual_seed(seed)))
     return h
 
 
-@pytest.fixture(scope="module")
-def pair():
+def fitted_hydra(model, k=4, steps=150):
+    """Hydra heads fitted briefly to the model's own greedy text, so that whole blocks get accepted
+    (random hydra heads mostly guess the previous token again)."""
+    from models.train_heads import greedy_continue, head_window, window_loss
+    torch.manual_seed(0)
+    h = build_heads(HeadsConfig.for_target(model, k, hidden=64, kind="hydra"))
+    seq = greedy_continue(model, torch.randint(4, 64, (32, 4)), 40)
+    with torch.no_grad():
+        hidden = model.hidden_train(seq)[:, 3:-1]
+    window = head_window(seq, 3, k)
+    opt = torch.optim.Adam(h.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        window_loss(model, h, hidden, window).backward()
+        opt.step()
+    return h.requires_grad_(False)
+
+
+@pytest.fixture(scope="module", params=["independent", "hydra"])
+def pair(request):
     m = tiny()
-    return m, random_heads(m)
+    return m, random_heads(m) if request.param == "independent" else fitted_hydra(m)
 
 
 def mid_eos(seqs, T):
@@ -144,11 +162,14 @@ def test_each_round_proposes_the_heads_on_the_hidden_state_that_chose_the_pendin
     assert len(rounds) == out.stats.target_forwards and rounds[0].draft.shape[1] == 0  # round 1 = prefill
     seq = out.sequences
     with torch.no_grad():
-        guesses = h(m.hidden_train(seq), m.lm_head)[0].argmax(-1)  # (L, k): heads at every position
-    done = int(rounds[0].kept[0])
-    for rnd in rounds[1:]:
-        K = rnd.draft.shape[1]
-        at = len(row) + done - 2  # the position whose argmax is the pending token
-        assert rnd.draft[0].tolist() == guesses[at, :K].tolist()
-        done += int(rnd.kept[0])
+        hidden = m.hidden_train(seq)[0]  # (L, dim)
+
+        def guesses(at):  # heads' argmax guesses from the hidden state at `at` (hydra: after seq[at + 1])
+            return h.propose(hidden[at:at + 1], seq[0, at + 1:at + 2], m, lambda j, logits, g: logits.argmax(-1))[0]
+        done = int(rounds[0].kept[0])
+        for rnd in rounds[1:]:
+            K = rnd.draft.shape[1]
+            at = len(row) + done - 2  # the position whose argmax is the pending token
+            assert rnd.draft[0].tolist() == guesses(at)[:K].tolist()
+            done += int(rnd.kept[0])
     assert done == N

@@ -1,5 +1,5 @@
-"""Blockwise proposal heads: training lowers the loss, files round-trip, target checks, one-forward
-hidden states, and the shipped size budget."""
+"""Blockwise proposal heads (independent and hydra): training lowers the loss, files round-trip, target
+checks, one-forward hidden states, cached training features, and the shipped size budget."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from models import DecoderConfig, LlamaDecoder
 from models.checkpoint import save as save_target
-from models.heads import (BlockwiseHeads, HeadsConfig, load_heads, save_heads,
+from models.heads import (BlockwiseHeads, HeadsConfig, HydraHeads, build_heads, load_heads, save_heads,
                           target_forward_with_hidden)
 from models.train_heads import greedy_continue, heads_loss, main as train_main
 
@@ -114,6 +114,16 @@ def test_shipped_heads_fit_4mb_in_fp16(tmp_path, dim):
     assert 2 * cfg.num_parameters() <= size <= MB4, size
 
 
+def assert_resume_is_exact(tmp_path, model, common):
+    """25 steps, stop, resume for the rest (40 in all): the same heads as the uninterrupted run in tmp_path/a."""
+    args_b = common + ["--out", str(tmp_path / "b"), "--state", str(tmp_path / "sb")]
+    assert train_main(args_b + ["--max-steps", "25"])["stopped_by"] == "max_steps"
+    assert train_main(args_b + ["--resume"])["steps"] == 40
+    a, b = load_heads(tmp_path / "a", model), load_heads(tmp_path / "b", model)
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+
+
 def _corpus_file(tmp_path, model, n=6000):
     """Tokens with structure a tiny model can pick up: the target's own greedy text from random prompts."""
     torch.manual_seed(1)
@@ -146,10 +156,101 @@ def test_training_lowers_loss_and_resume_is_exact(tmp_path, data):
     saved = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(saved["eval"]["head_top1"]) == 3 and saved["eval"]["target_self_agreement"] == 1.0
 
-    # 25 steps, stop, resume for the rest: the same heads as the uninterrupted run
-    args_b = common + ["--out", str(tmp_path / "b"), "--state", str(tmp_path / "sb")]
-    assert train_main(args_b + ["--max-steps", "25"])["stopped_by"] == "max_steps"
-    assert train_main(args_b + ["--resume"])["steps"] == 40
-    a, b = load_heads(tmp_path / "a", model), load_heads(tmp_path / "b", model)
-    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), n
+    assert_resume_is_exact(tmp_path, model, common)
+
+
+# -- hydra heads ---------------------------------------------------------------------------------------
+def random_hydra(model, k=3, seed=2):
+    heads = build_heads(HeadsConfig.for_target(model, k, hidden=48, kind="hydra"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return heads
+
+
+def test_hydra_sequential_guesses_equal_teacher_forcing_on_their_own_guesses():
+    """What blockwise decoding runs (propose: each head reads the previous guess) and what training
+    runs (train_logits on a token window) are the same function: feeding the guesses back as the
+    window reproduces them, and each head's logits depend on the tokens before it."""
+    model = tiny_target()
+    heads = random_hydra(model, k=4)
+    with torch.no_grad():
+        hidden = model.hidden_train(torch.randint(0, 64, (3, 6)))[:, -1]  # (3, dim)
+        first = torch.tensor([5, 17, 40])
+        guess = heads.propose(hidden, first, model, lambda j, logits, g: logits.argmax(-1))
+        window = torch.cat([first[:, None], guess[:, :-1]], 1)[:, None]  # (3, 1, k)
+        logits = heads.train_logits(hidden[:, None], window, model)[:, 0]  # (3, k, V)
+        assert torch.equal(logits.argmax(-1), guess)
+        other = heads.train_logits(hidden[:, None], (window + 1) % 64, model)[:, 0]
+    assert not torch.allclose(other, logits)  # hydra heads read their input tokens
+    with pytest.raises(ValueError, match="kind='hydra'"):
+        HydraHeads(HeadsConfig(k=2, dim=32))
+
+
+def test_hydra_first_k_and_round_trip(tmp_path):
+    model = tiny_target()
+    heads = random_hydra(model, k=4)
+    h = model.hidden_train(torch.randint(0, 64, (2, 5)))
+    window = torch.randint(0, 64, (2, 5, 4))
+    with torch.no_grad():
+        full = heads.train_logits(h, window, model)
+        assert torch.equal(heads.first(2).train_logits(h, window[..., :2], model), full[:, :, :2])
+    cfg = heads.config
+    assert sum(p.numel() for p in heads.parameters()) == cfg.num_parameters()
+    save_heads(heads, tmp_path, dtype=torch.float32)
+    back = load_heads(tmp_path, model)
+    assert isinstance(back, HydraHeads) and back.config == cfg and cfg.kind == "hydra"
+    with torch.no_grad():
+        assert torch.equal(back.train_logits(h, window, model), full)
+
+
+def test_hydra_fits_4mb_at_k6(tmp_path):
+    """The shipped target's default hydra size (dim 256, hidden 768) with k = 6, on the written file."""
+    cfg = HeadsConfig(k=6, dim=256, target_vocab_size=4096, target_dim=256, target_n_layers=8, kind="hydra")
+    heads = build_heads(cfg)
+    assert sum(p.numel() for p in heads.parameters()) == cfg.num_parameters()
+    save_heads(heads, tmp_path)
+    assert (tmp_path / "heads.safetensors").stat().st_size <= MB4
+
+
+def _rows_dir(tmp_path, model, chunks=2, rows=8, prompt_len=6, gen_len=20):
+    """What `python -m models.distill_draft generate` writes: chunks of prompt + greedy continuation."""
+    d = tmp_path / "rows"
+    d.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for c in range(chunks):
+        seq = greedy_continue(model, torch.randint(4, 64, (rows, prompt_len), generator=g), gen_len)
+        np.save(d / f"chunk_{c:04d}.npy", seq.numpy().astype(np.uint16))
+    (d / "meta.json").write_text(json.dumps({"prompt_len": prompt_len, "gen_len": gen_len, "seed": 0}))
+    return d
+
+
+def test_hydra_training_on_cached_rows_lowers_loss_and_resumes_exactly(tmp_path):
+    model = tiny_target()
+    save_target(model, tmp_path / "target")
+    rows = _rows_dir(tmp_path, model)
+    tok = _corpus_file(tmp_path, model)
+    common = ["--target", str(tmp_path / "target"), "--k", "3", "--kind", "hydra", "--hidden", "48",
+              "--data", "rows", "--rows-dir", str(rows), "--tokens-file", str(tok), "--device", "cpu",
+              "--batch", "64", "--tokens", str(40 * 64), "--lr", "1e-2", "--max-seconds", "0",
+              "--prompt-len", "8", "--eval-rows", "8", "--eval-gen-len", "16"]
+    log = train_main(common + ["--out", str(tmp_path / "a"), "--state", str(tmp_path / "sa")])
+    assert log["steps"] == 40 and log["heads"]["kind"] == "hydra"
+
+    # the cached features are the frozen target's hidden states at the continuation positions
+    seq = torch.from_numpy(np.load(rows / "chunk_0001.npy").astype(np.int64))
+    feats = torch.from_numpy(np.load(rows / "features" / "f_0001.npy")).float()
+    with torch.no_grad():
+        ref = model.hidden_train(seq)[:, 5:-1]
+    assert feats.shape == ref.shape and torch.allclose(feats, ref, atol=2e-3, rtol=2e-3)
+
+    # the oracle: the loss on held-out greedy rows, untrained heads (same seed) vs trained
+    torch.manual_seed(0)
+    fresh = build_heads(HeadsConfig.for_target(model, 3, hidden=48, kind="hydra"))
+    trained = load_heads(tmp_path / "a", model)
+    held = greedy_continue(model, torch.randint(0, 64, (8, 8), generator=torch.Generator().manual_seed(5)), 24)
+    with torch.no_grad():
+        before, after = heads_loss(model, fresh, held, 7), heads_loss(model, trained, held, 7)
+    assert after < 0.8 * before, (before, after)
+    assert_resume_is_exact(tmp_path, model, common)

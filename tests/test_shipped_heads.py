@@ -1,6 +1,7 @@
-"""The shipped blockwise heads (models/shipped/heads) belong to the shipped target: their config names
-it, they are the default for it (and only for it), and blockwise decoding with them is
-token-identical to greedy in fp32 while it takes fewer target forwards."""
+"""The shipped blockwise heads belong to the shipped target: models/shipped/heads (hydra heads, the
+default for it and only for it) and models/shipped/heads_independent (the paper's independent heads).
+Their configs name the target, and blockwise decoding with either is token-identical to greedy in
+fp32 while it takes fewer target forwards."""
 import json
 from pathlib import Path
 
@@ -24,11 +25,13 @@ def target():
     return load(SHIPPED / "target", dtype=torch.float32)
 
 
-def test_shipped_heads_match_the_shipped_target(target):
-    cfg = json.loads((SHIPPED / "heads" / "heads.json").read_text())
+@pytest.mark.parametrize("name, kind", [("heads", "hydra"), ("heads_independent", "independent")])
+def test_shipped_heads_match_the_shipped_target(target, name, kind):
+    cfg = json.loads((SHIPPED / name / "heads.json").read_text())
     c = target.config
     assert (cfg["target_vocab_size"], cfg["target_dim"], cfg["target_n_layers"]) == (c.vocab_size, c.dim, c.n_layers)
-    heads = load_heads(SHIPPED / "heads", target)
+    heads = load_heads(SHIPPED / name, target)
+    assert heads.config.kind == kind
     assert heads.k == cfg["k"] and heads.dim == c.dim and heads.w1.dtype == torch.float32
     assert is_shipped_target(target)
     assert is_shipped_target(load(SHIPPED / "target", dtype=torch.float16))  # as stored
@@ -44,6 +47,9 @@ def test_default_heads_are_exact_and_save_forwards(target):
     s = out.stats
     assert s.tau > 1.2 and s.target_forwards < ref.stats.target_forwards, s
     assert len(s.accept_rate_by_position) == 6
+    paper = decoding.generate(target, rows, strategy="blockwise", heads=SHIPPED / "heads_independent", **kw)
+    assert torch.equal(paper.sequences, ref.sequences)
+    assert paper.stats.target_forwards < ref.stats.target_forwards
 
 
 def test_other_weights_get_no_default_heads(target):

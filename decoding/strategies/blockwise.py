@@ -12,8 +12,9 @@ The combined predict-and-verify step: ONE target forward over [pending token, k 
 
 block_size = proposals per round = heads used (heads.first(block_size), default all); a round
 emits up to block_size + 1 tokens, which is the paper's block size k (it counts the target's own
-p_1). heads = a directory or a models.heads.BlockwiseHeads module; default the shipped heads, for
-the shipped target only (recognised by config and weights). Rounds run in verify.speculate, so
+p_1). heads = a directory or a heads module (models.heads: the paper's independent BlockwiseHeads,
+or HydraHeads, which also read the token before each guess); default the shipped heads, for the
+shipped target only (recognised by config and weights). Rounds run in verify.speculate, so
 whatever it records per round (verify.Round) covers blockwise too.
 
 Processors: the target's scores are processed per position exactly as greedy processes them
@@ -62,16 +63,15 @@ class HeadsProposer(Proposer):
     def observe(self, rnd: Round) -> None:
         s, B = self.setup, rnd.accepted.shape[0]
         # position accepted[b] gave the round's own token (correction / bonus): its heads guess what follows
-        h = self.hidden[torch.arange(B, device=rnd.accepted.device), rnd.accepted]  # (B, dim)
-        logits = self.heads(h[:, None], self.target.lm_head)[:, 0, :, :s.vocab].float()  # (B, k, V)
-        if not s.pipeline.active:
-            self.guess = logits.argmax(-1)
-            return
-        guess = logits.new_zeros(B, 0, dtype=torch.long)
-        for j in range(logits.shape[1]):  # guess j follows the kept tokens and guesses 0..j-1
-            scores = process(s.pipeline, s.state, logits[:, j], guess, first=j)
-            guess = torch.cat([guess, scores.argmax(-1)[:, None]], 1)
-        self.guess = guess
+        at = torch.arange(B, device=rnd.accepted.device), rnd.accepted
+        h, first = self.hidden[at], rnd.tokens[at]  # (B, dim), (B,) that token (hydra heads read it)
+        if s.pipeline.active:  # guess j follows the kept tokens and guesses 0..j-1
+            def pick(j, logits, guess):
+                return process(s.pipeline, s.state, logits[:, :s.vocab].float(), guess, first=j).argmax(-1)
+        else:
+            def pick(j, logits, guess):
+                return logits[:, :s.vocab].argmax(-1)
+        self.guess = self.heads.propose(h, first, self.target, pick)
 
 
 def topk_accept(top_k: int):
@@ -119,7 +119,7 @@ def resolve_heads(target, heads, block_size):
                              "shipped target. Train heads with `python -m models.train_heads --target DIR --out DIR`.")
         heads = SHIPPED / "heads"
     if not isinstance(heads, (str, Path, torch.nn.Module)):
-        raise TypeError(f"heads must be a directory path or a models.heads.BlockwiseHeads module, "
+        raise TypeError(f"heads must be a directory path or a models.heads module (BlockwiseHeads, HydraHeads), "
                         f"got {type(heads).__name__}")
     module = load_heads(heads, target)
     k = block_size if block_size is not None else module.k
