@@ -94,3 +94,19 @@ def test_default_model_generates_decodable_text(tok):
 
 def test_target_clearly_beats_draft():
     assert log_of("target")["val"]["loss"] < log_of("draft")["val"]["loss"] - 0.1
+
+
+def test_shipped_draft_speculation_equals_greedy_and_saves_forwards(tok):
+    """The shipped pair as users run it: greedy speculation (k = 4) reproduces the target's greedy
+    tokens at batch 2 with padding, and the distilled draft gets several tokens per target forward."""
+    import decoding
+
+    target, draft = load("target").float(), load("draft").float()
+    rows = [tok.encode(t) for t in ("def fibonacci(n):\n    if n < 2:\n        return n\n",
+                                    "import os\n\n\ndef walk(path):\n")]
+    kw = dict(max_new_tokens=40, min_new_tokens=40)
+    ref = decoding.generate(target, rows, **kw)
+    out = decoding.generate(target, rows, assistant_model=draft, num_assistant_tokens=4,
+                            assistant_confidence_threshold=0, **kw)
+    assert torch.equal(out.sequences, ref.sequences)
+    assert out.stats.tau > 1.5, out.stats
