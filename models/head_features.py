@@ -60,15 +60,14 @@ class PositionBatches:
     the hidden state at t and tokens t+1..t+k+1 (IGNORE past the row's end)."""
 
     def __init__(self, rows_dir: str | Path, *, k: int, positions: int, seed: int, device, ignore: int):
+        from .distill_draft import greedy_rows  # not at the top: distill_draft imports train_heads, which imports us
         d = Path(rows_dir)
-        self.P = json.loads((d / "meta.json").read_text())["prompt_len"]
-        chunks = sorted(d.glob("chunk_*.npy"))
-        feats = [d / FEATURES / f"f_{c.stem.split('_')[1]}.npy" for c in chunks]
+        rows, self.P = greedy_rows(d)  # raises when there are none
+        feats = [d / FEATURES / f"f_{c.stem.split('_')[1]}.npy" for c in sorted(d.glob("chunk_*.npy"))]
         missing = [f.name for f in feats if not f.exists()]
-        if not chunks or missing:
-            raise FileNotFoundError(f"{d}: no greedy rows or features missing ({missing[:3]}...); run "
-                                    f"`python -m models.distill_draft generate` and let train_heads cache features")
-        self.tokens = torch.from_numpy(np.concatenate([np.load(c) for c in chunks]).astype(np.int64))
+        if missing:
+            raise FileNotFoundError(f"{d}: features missing ({missing[:3]}...); let train_heads --data rows cache them")
+        self.tokens = torch.from_numpy(rows)
         first = np.load(feats[0], mmap_mode="r")
         self.hidden = torch.empty((self.tokens.shape[0],) + first.shape[1:], dtype=torch.float16)
         at = 0

@@ -61,17 +61,19 @@ class HeadsProposer(Proposer):
         return Proposal(self.guess[:, :k])
 
     def observe(self, rnd: Round) -> None:
-        s, B = self.setup, rnd.accepted.shape[0]
+        B = rnd.accepted.shape[0]
         # position accepted[b] gave the round's own token (correction / bonus): its heads guess what follows
         at = torch.arange(B, device=rnd.accepted.device), rnd.accepted
         h, first = self.hidden[at], rnd.tokens[at]  # (B, dim), (B,) that token (hydra heads read it)
-        if s.pipeline.active:  # guess j follows the kept tokens and guesses 0..j-1
-            def pick(j, logits, guess):
-                return process(s.pipeline, s.state, logits[:, :s.vocab].float(), guess, first=j).argmax(-1)
-        else:
-            def pick(j, logits, guess):
-                return logits[:, :s.vocab].argmax(-1)
-        self.guess = self.heads.propose(h, first, self.target, pick)
+        self.guess = self.heads.propose(h, first, self.target, self.pick)
+
+    def pick(self, j: int, logits: Tensor, guess: Tensor) -> Tensor:
+        """Guess j: the argmax of head j's processed scores, which follow the kept tokens and guesses 0..j-1."""
+        s = self.setup
+        scores = logits[:, :s.vocab]
+        if s.pipeline.active:
+            scores = process(s.pipeline, s.state, scores.float(), guess, first=j)
+        return scores.argmax(-1)
 
 
 def topk_accept(top_k: int):
