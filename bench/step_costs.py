@@ -1,0 +1,246 @@
+"""Where a speculative or blockwise round's time goes on this machine, and what the speed goals of
+the speculative (1.3x greedy) and blockwise (1.5x greedy) issues would need from it.
+
+    python -m bench.step_costs                        # CPU, 1 thread -> bench/results/cpu/
+    python -m bench.step_costs --smoke --out /tmp/x   # tiny random models, a few seconds
+
+1. Forwards alone: median ms of the shipped target at T = 1 (a greedy step) and T = k + 1 (a verify
+   block), of the draft's decode step and of the hydra heads' k guesses; the target's and the
+   draft's step also compiled (torch.compile of models.compiled.static_forward, fixed shapes;
+   --no-compile skips it). Items take turns in each repetition, so noise bursts hit all alike.
+2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round) and exact blockwise (heads,
+   k) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
+   call's wall time is the loop's own bookkeeping. Each call counts from the end of its first target
+   forward (the prefill; on the skeleton it also verifies round 1's guesses).
+3. Arithmetic from part 2: speculative tokens/s over greedy = tau * g / (n_d * d + v + o) (g: greedy
+   ms per token, d: draft step, n_d: draft steps per round, v: verify, o: bookkeeping per round),
+   the largest draft step at which 1.3x would hold at the measured tau and v, o; and for blockwise
+   the tokens per target forward at which 1.5x would hold at the measured cost of a round.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import decoding
+from bench.common import code_prompts, machine, markdown_table, write_results
+from decoding.verify import tracing
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
+
+
+class Timed:
+    """Wraps obj.<name> (an instance attribute shadows the method) and logs (name, start, end) of
+    every call into `log`."""
+
+    def __init__(self, obj, attr: str, name: str, log: list):
+        self.fn, self.name, self.log = getattr(obj, attr), name, log
+        self.__signature__ = inspect.signature(self.fn)  # callers inspect forward's arguments
+        setattr(obj, attr, self)
+
+    def __call__(self, *args, **kw):
+        t0 = time.perf_counter()
+        out = self.fn(*args, **kw)
+        self.log.append((self.name, t0, time.perf_counter()))
+        return out
+
+
+def median_ms(items: dict, reps: int, calls: int) -> dict:
+    """name -> median over reps of the mean ms per call; items take turns within each rep."""
+    times = {name: [] for name in items}
+    for fn in items.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in items.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def forwards_alone(target, draft, heads, k: int, context: int, reps: int, calls: int,
+                   compile_steps: bool) -> list[dict]:
+    from models.compiled import static_forward
+    g = torch.Generator().manual_seed(0)
+    V = target.vocab_size
+    ct, cd = target.new_cache(1, context + 64), draft.new_cache(1, context + 64)
+    rows = []
+    with torch.inference_mode():
+        target(torch.randint(4, V, (1, context), generator=g), ct)
+        draft(torch.randint(4, V, (1, context), generator=g), cd)
+        one, block = torch.tensor([[5]]), torch.randint(4, V, (1, k + 1), generator=g)
+        h, first = torch.randn(1, target.config.dim, generator=g), torch.tensor([7])
+        items = {
+            "target step (T = 1)": lambda: (target(one, ct, logits_to_keep=1), ct.truncate(1)),
+            f"target verify (T = {k + 1})": lambda: (target(block, ct), ct.truncate(k + 1)),
+            "draft step (T = 1)": lambda: (draft(one, cd, logits_to_keep=1), cd.truncate(1)),
+            f"heads: {k} guesses": lambda: heads.propose(h, first, target, lambda j, s, guess: s.argmax(-1)),
+        }
+        if compile_steps:  # the same step as one compiled graph (the CPU analogue of the GPU's CUDA graphs)
+            for label, model, cache in (("draft", draft, cd), ("target", target, ct)):
+                compiled = torch.compile(static_forward, dynamic=False, fullgraph=True)
+                t0 = time.perf_counter()
+                try:
+                    compiled(model, one, cache)
+                except Exception as e:  # no C++ compiler, an unsupported torch: say so, measure the rest
+                    rows.append(dict(item=f"{label} step, torch.compile failed: {type(e).__name__}: {str(e)[:120]}"))
+                    continue
+                cache.lengths -= 1
+                rows.append(dict(item=f"{label} step, torch.compile: time to compile",
+                                 ms=(time.perf_counter() - t0) * 1e3))
+                items[f"{label} step (T = 1), torch.compile"] = (
+                    lambda f=compiled, m=model, c=cache: (f(m, one, c), c.lengths.sub_(1)))
+        for name, ms in median_ms(items, reps, calls).items():
+            rows.append(dict(item=name, ms=ms))
+    return rows
+
+
+def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dict:
+    """Per mode: the decode part of each call, from the end of its first target forward (the prefill;
+    on the skeleton it also verifies round 1's guesses) to the end of the call."""
+    fixed = dict(max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
+    log: list = []
+    for obj, attr, name in ((target, "forward", "target"), (draft, "forward", "draft"), (heads, "propose", "heads")):
+        Timed(obj, attr, name, log)
+    modes = {"greedy": {},
+             f"speculative k={k}": dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=0,
+                                        num_assistant_tokens_schedule="constant"),
+             f"blockwise exact k={k}": dict(strategy="blockwise", heads=heads, block_size=k)}
+    for kw in modes.values():
+        decoding.generate(target, [prompts[0][:8]], max_new_tokens=4, eos_token_id=None, **kw)  # warm up
+    acc = {mode: dict(wall=0.0, tokens=0, stats_forwards=0, spent=dict.fromkeys(("target", "draft", "heads"), 0.0),
+                      calls=dict.fromkeys(("target", "draft", "heads"), 0), seqs=[]) for mode in modes}
+    for run in range(runs):  # every mode on a prompt, then the next prompt: noise bursts hit all alike
+        for p in prompts:
+            for mode, kw in modes.items():
+                a = acc[mode]
+                log.clear()
+                with tracing() as rounds:
+                    res = decoding.generate(target, [p], **fixed, **kw)
+                    end = time.perf_counter()
+                start = next(t1 for name, _, t1 in log if name == "target")
+                a["wall"] += end - start
+                for name, t0, t1 in log:
+                    if t0 >= start:
+                        a["spent"][name] += t1 - t0
+                        a["calls"][name] += 1
+                a["tokens"] += n - (int(rounds[0].kept.sum()) if rounds else 1)  # greedy's prefill gives one token
+                a["stats_forwards"] += res.stats.target_forwards
+                if run == 0:
+                    a["seqs"].append(res.sequences[0, len(p):])
+    out = {}
+    for mode, a in acc.items():
+        R, spent, calls = a["calls"]["target"], a["spent"], a["calls"]  # rounds (greedy: steps) after the first
+        out[mode] = dict(method=mode, rounds=R // runs, tokens_per_round=a["tokens"] / R,
+                         ms_per_token=1e3 * a["wall"] / a["tokens"], target_ms=1e3 * spent["target"] / R,
+                         draft_ms=1e3 * spent["draft"] / max(1, calls["draft"]),
+                         draft_steps_per_round=calls["draft"] / R,
+                         heads_ms=1e3 * spent["heads"] / max(1, calls["heads"]),
+                         bookkeeping_ms_per_round=1e3 * (a["wall"] - sum(spent.values())) / R,
+                         target_forwards=calls["target"] + runs * len(prompts),
+                         stats_target_forwards=a["stats_forwards"],
+                         sequences=torch.stack(a["seqs"]).tolist())
+    return out
+
+
+def arithmetic(calls: dict, k: int) -> list[dict]:
+    g = calls["greedy"]["ms_per_token"]
+    s, b = calls[f"speculative k={k}"], calls[f"blockwise exact k={k}"]
+    tau = s["tokens_per_round"]
+    round_ms = s["draft_steps_per_round"] * s["draft_ms"] + s["target_ms"] + s["bookkeeping_ms_per_round"]
+    need_d = (tau * g / 1.3 - s["target_ms"] - s["bookkeeping_ms_per_round"]) / s["draft_steps_per_round"]
+    b_tau = b["tokens_per_round"]
+    b_round = b["target_ms"] + b["heads_ms"] + b["bookkeeping_ms_per_round"]
+    return [
+        dict(quantity="greedy ms per token (a decode step and its loop)", value=g),
+        dict(quantity=f"speculative k={k}: tokens per round (tau; first round apart)", value=tau),
+        dict(quantity=f"speculative k={k}: ms per round = draft steps x step + verify + bookkeeping", value=round_ms),
+        dict(quantity=f"speculative k={k}: x greedy = tau * g / round", value=tau * g / round_ms),
+        dict(quantity=f"speculative k={k}: x greedy with a free draft (d = 0)",
+             value=tau * g / (s["target_ms"] + s["bookkeeping_ms_per_round"])),
+        dict(quantity=f"speculative k={k}: largest draft step (ms) for 1.3x at this tau, verify, bookkeeping",
+             value=need_d),
+        dict(quantity=f"blockwise exact k={k}: tokens per round (per target forward)", value=b_tau),
+        dict(quantity=f"blockwise exact k={k}: ms per round = verify + heads + bookkeeping", value=b_round),
+        dict(quantity=f"blockwise exact k={k}: x greedy", value=b_tau * g / b_round),
+        dict(quantity=f"blockwise exact k={k}: tokens per forward needed for 1.5x at this round cost",
+             value=1.5 * b_round / g),
+    ]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny random models (a test of the script)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
+    ap.add_argument("--k", type=int, default=4, help="guesses per round (both goals are stated at k = 4)")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompt-len", type=int, default=96)
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--reps", type=int, default=7, help="repetitions of part 1 (median)")
+    ap.add_argument("--calls", type=int, default=100, help="calls per item and repetition in part 1")
+    ap.add_argument("--runs", type=int, default=3, help="passes over the prompts in part 2 (summed)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    k = args.k
+    if args.smoke:
+        from bench.speculative import random_prompts, tiny_pair
+        from models.heads import BlockwiseHeads, HeadsConfig
+        target, draft = tiny_pair()
+        heads = BlockwiseHeads(target.config.dim, k, config=HeadsConfig.for_target(target, k))
+        prompts, n = random_prompts(2, 12, target.vocab_size), 8
+        reps, calls, runs = 2, 3, 1
+    else:
+        from models.checkpoint import load
+        from models.heads import load_heads
+        target = load(SHIPPED / "target", dtype=torch.float32)
+        draft = load(SHIPPED / "draft", dtype=torch.float32)
+        heads = load_heads(SHIPPED / "heads", target)
+        heads = heads if heads.k == k else heads.first(k)  # the module blockwise will call (timed in part 2)
+        prompts, n = code_prompts(args.prompts, args.prompt_len), args.new_tokens
+        reps, calls, runs = args.reps, args.calls, args.runs
+    alone = forwards_alone(target, draft, heads, k, len(prompts[0]), reps, calls, not args.no_compile)
+    print(markdown_table(alone, ["item", "ms"]), flush=True)
+    calls_ = whole_calls(target, draft, heads, prompts, k, n, runs)
+    sums = arithmetic(calls_, k)
+    columns = ["method", "rounds", "tokens_per_round", "ms_per_token", "target_ms", "draft_ms", "draft_steps_per_round",
+               "heads_ms",
+               "bookkeeping_ms_per_round"]
+    print(markdown_table(list(calls_.values()), columns), "\n", markdown_table(sums, ["quantity", "value"]), flush=True)
+
+    info = machine()
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "k": k,
+               "prompts": len(prompts), "prompt_len": len(prompts[0]), "new_tokens": n,
+               "forwards_alone": alone, "calls": calls_, "arithmetic": sums}
+    md = ["# Step costs: where a round's time goes, and what the speed goals need\n",
+          f"Machine: {info['device']}, {info.get('threads')} torch threads, torch {info['torch']}, python "
+          f"{info['python']}; load average after the run {os.getloadavg()[0]:.1f} (a shared machine); "
+          f"`python -m bench.step_costs {' '.join(argv_used)}`.\n",
+          "## 1. Forwards alone (median ms over interleaved repetitions)\n",
+          f"Target and draft each hold a {len(prompts[0])}-token context.\n",
+          markdown_table(alone, ["item", "ms"]), "",
+          f"## 2. Whole calls ({len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens each, batch 1, "
+          f"{runs} passes summed; rounds per pass)\n",
+          "Each call counts from the end of its first target forward (the prefill, which on the skeleton "
+          "also verifies round 1's guesses) to its end: rounds = target forwards in that span (greedy: "
+          "steps), tokens = those emitted in it. Forward and heads times are means per call; bookkeeping = "
+          "(wall - forwards - heads) per round.\n",
+          markdown_table(list(calls_.values()), columns), "",
+          "## 3. Arithmetic\n", markdown_table(sums, ["quantity", "value"])]
+    write_results(args.out, "step_costs", payload, "\n".join(md))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
