@@ -134,9 +134,9 @@ class BlockwiseHeads(nn.Module):
     def propose(self, hidden: Tensor, first: Tensor, target, pick) -> Tensor:
         """hidden (B, dim) -> (B, k) guesses; pick(j, logits (B, V), guesses so far (B, j)) -> (B,)."""
         logits = self(hidden[:, None], target.lm_head)[:, 0]  # (B, k, V)
-        guess = first.new_zeros(first.shape[0], 0)
+        guess = first.new_empty(first.shape[0], self.k)  # filled column by column, no copy per guess
         for j in range(self.k):
-            guess = torch.cat([guess, pick(j, logits[:, j], guess)[:, None]], 1)
+            guess[:, j] = pick(j, logits[:, j], guess[:, :j])
         return guess
 
 
@@ -187,11 +187,10 @@ class HydraHeads(nn.Module):
         """hidden (B, dim), first (B,) the target's token t+1 -> (B, k) guesses of t+2..t+k+1;
         pick(j, logits (B, V), guesses so far (B, j)) -> (B,) chooses each guess."""
         s, tok = hidden, first
-        guess = first.new_zeros(first.shape[0], 0)
+        guess = first.new_empty(first.shape[0], self.k)  # filled column by column, no copy per guess
         for j in range(self.k):
             s, f = self.step(j, s, target.embed(tok))
-            tok = pick(j, target.lm_head(f), guess)
-            guess = torch.cat([guess, tok[:, None]], 1)
+            tok = guess[:, j] = pick(j, target.lm_head(f), guess[:, :j])
         return guess
 
     def first(self, k: int) -> "HydraHeads":
