@@ -6,7 +6,7 @@ exact acceptance and the lossy top-k acceptance (whose match rate vs greedy is r
     python -m bench.blockwise --heads DIR --name N   # other heads for the shipped target -> N.md/json/png
     python -m bench.blockwise --smoke --out /tmp/x   # a tiny random model and heads, a few seconds
 
-Prompts are slices of validation-split stdlib files (models/corpus.py). Every call generates exactly
+Prompts are slices of validation-split stdlib files (models/training/corpus.py). Every call generates exactly
 --new-tokens tokens per row (min_new_tokens = max_new_tokens, eos off). tokens/s = new tokens / wall
 time of whole calls (prefill included) summed over the prompts; the median over --runs runs, and
 within a run every method takes its turn on a prompt before the next prompt, so noise bursts hit
@@ -25,10 +25,10 @@ import torch
 
 import decoding
 from bench.common import code_prompts, machine, markdown_table, write_results
+from models.artifacts import SHIPPED
 
 KS = (2, 4, 6)
 TOP_KS = (2, 3)
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
 
 
 # -- models and prompts ----------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def write_results(out_dir: Path, name: str, payload: dict, md: str) -> None:
 
 def code_prompts(n: int, length: int) -> list[list[int]]:
     """The middle `length` tokens of the first n validation files that are long enough."""
-    from models.corpus import encode_file, split_files
+    from models.training.corpus import encode_file, split_files
     from models.tokenizer import Tokenizer
     tok = Tokenizer.load()
     out = []

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from bench.common import device_slug, machine, markdown_table, sync, write_results
+from models.artifacts import SHIPPED
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED_TARGET = ROOT.parent / "models" / "shipped" / "target"
+SHIPPED_TARGET = SHIPPED / "target"
 COLUMNS = ["pair", "engine", "params_m", "batch", "new_tokens", "engine_tok_s", "hf_tok_s", "speedup", "match"]
 
 

@@ -4,7 +4,7 @@ per generated token and tokens/s vs greedy (SJD vs sampling), on code prompts.
     python -m bench.jacobi                        # CPU, 1 thread -> bench/results/cpu/
     python -m bench.jacobi --smoke --out /tmp/x   # a tiny random model, a few seconds
 
-Prompts are the middle --prompt-len tokens of validation-split stdlib files (models/corpus.py), run
+Prompts are the middle --prompt-len tokens of validation-split stdlib files (models/training/corpus.py), run
 one at a time (batch 1). Every call generates exactly --new-tokens tokens (min_new_tokens =
 max_new_tokens). tokens/s = new tokens / wall time of whole calls (prefill included), summed over
 the prompts, median of --runs runs; within a run every method takes its turn on a prompt before

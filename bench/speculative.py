@@ -4,7 +4,7 @@ vs the engine's own greedy and sampling, and vs HF assisted generation on the sa
     python -m bench.speculative                        # CPU, 1 thread -> bench/results/cpu/
     python -m bench.speculative --smoke --out /tmp/x   # tiny random models, a few seconds
 
-Prompts are slices of validation-split stdlib files (models/corpus.py). Every call generates
+Prompts are slices of validation-split stdlib files (models/training/corpus.py). Every call generates
 exactly --new-tokens tokens per row (min_new_tokens = max_new_tokens). tokens/s = new tokens /
 wall time of whole calls (prefill included), summed over the prompts; batch 1 runs the prompts one
 at a time, so its tokens/s is that of "4 single-row runs", and batch 4 runs them together. Each

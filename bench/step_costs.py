@@ -32,8 +32,7 @@ import torch
 import decoding
 from bench.common import code_prompts, machine, markdown_table, write_results
 from decoding.verify import tracing
-
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
+from models.artifacts import SHIPPED
 
 
 class Timed:

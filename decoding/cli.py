@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
+from models.artifacts import SHIPPED
+
 EXIT_LOAD, EXIT_USAGE = 1, 2
 SMALL_MODEL = 50_000_000  # parameters; below this, one CPU thread decodes fastest
 

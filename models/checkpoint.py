@@ -8,11 +8,12 @@ from safetensors.torch import load_file, save_file
 
 from .config import DecoderConfig
 from .llama import LlamaDecoder
+from .yoco import YOCOConfig, YOCODecoder
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def save(model: LlamaDecoder, directory: str | Path, *, dtype=None) -> Path:
+def save(model: LlamaDecoder | YOCODecoder, directory: str | Path, *, dtype=None) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()
@@ -22,15 +23,15 @@ def save(model: LlamaDecoder, directory: str | Path, *, dtype=None) -> Path:
     return d
 
 
-def load(directory: str | Path, *, dtype=None, device=None) -> LlamaDecoder:
+def load(directory: str | Path, *, dtype=None, device=None) -> LlamaDecoder | YOCODecoder:
     """A native checkpoint directory, or an HF Llama/Qwen2/Mistral directory (converted on load)."""
     d = Path(directory)
     if not (d / CONFIG).exists():
         raise FileNotFoundError(f"{d} has no {CONFIG}: expected a checkpoint directory (safetensors + config.json)")
     raw = json.loads((d / CONFIG).read_text())
     if raw.get("model_type") == "native_yoco":
-        from .yoco import load_yoco
-        return load_yoco(d, dtype=dtype, device=device)
+        cfg = YOCOConfig.from_dict(raw)
+        return load_weights(YOCODecoder(cfg), d, cfg.tie_embeddings, dtype=dtype, device=device)
     if raw.get("model_type") != "native_llama":
         from .hf_weights import from_hf
         return from_hf(d, dtype=dtype).to(device)

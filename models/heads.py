@@ -76,7 +76,7 @@ class HeadsConfig:
             raise ValueError(f"{where} were trained for a target with vocab_size={want[0]}, dim={want[1]}, "
                              f"n_layers={want[2]} (head dim {self.dim}); this target has vocab_size={have[0]}, "
                              f"dim={have[1]}, n_layers={have[2]}. Train heads for this target with "
-                             f"`python -m models.train_heads --target DIR --out DIR`.")
+                             f"`python -m models.training.train_heads --target DIR --out DIR`.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -239,7 +239,7 @@ def load_heads(heads, target, *, dtype=None, device=None):
         d = Path(heads)
         if not (d / CONFIG).exists() or not (d / WEIGHTS).exists():
             raise FileNotFoundError(f"{d} is not a heads directory: expected {WEIGHTS} and {CONFIG} "
-                                    f"(written by models.heads.save_heads / python -m models.train_heads)")
+                                    f"(written by models.heads.save_heads / python -m models.training.train_heads)")
         cfg = HeadsConfig.from_dict(json.loads((d / CONFIG).read_text()))
         cfg.check_target(target, f"heads in {d}")
         module = build_heads(cfg)

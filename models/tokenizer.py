@@ -8,7 +8,7 @@ SentencePiece writes spaces as U+2581 '▁', so a literal '▁' in the input wou
 `encode` sends it as its three byte-fallback pieces instead, which decode back to '▁'.
 
 Special ids: unk 0, bos 1, eos 2, pad 3 (pad is not 0, so HF's "pad 0 is falsy" beam quirk does not
-apply); bytes <0x00>..<0xFF> are 4..259. Retrain with `python -m models.corpus --train-tokenizer`;
+apply); bytes <0x00>..<0xFF> are 4..259. Retrain with `python -m models.training.corpus --train-tokenizer`;
 the trainer settings are also stored inside the .model file (its trainer_spec).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ try:
 except ImportError:  # a GPU image may lack it: training then reads ids and byte lengths from data/meta.json
     spm = None
 
-SHIPPED = Path(__file__).resolve().parent / "shipped" / "tokenizer.model"
+from . import artifacts
+
+SHIPPED = artifacts.SHIPPED / "tokenizer.model"
 META = "\u2581"
 TRAINER = dict(
     model_type="bpe", vocab_size=4096, byte_fallback=True, normalization_rule_name="identity",

@@ -290,16 +290,3 @@ class YOCODecoder(nn.Module):
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if non_embedding else n
-
-
-def save_yoco(model: YOCODecoder, directory: str | Path, *, dtype=None) -> Path:
-    """safetensors + config.json, as the native checkpoints (models/checkpoint.py)."""
-    from . import checkpoint
-    return checkpoint.save(model, directory, dtype=dtype)
-
-
-def load_yoco(directory: str | Path, *, dtype=None, device=None) -> YOCODecoder:
-    from .checkpoint import CONFIG, load_weights
-    d = Path(directory)
-    cfg = YOCOConfig.load(d / CONFIG)
-    return load_weights(YOCODecoder(cfg), d, cfg.tie_embeddings, dtype=dtype, device=device)

@@ -24,6 +24,7 @@ import torch.nn as nn
 from . import checkpoint
 from .config import DecoderConfig
 from .llama import LlamaDecoder
+from .yoco import YOCOConfig, YOCODecoder
 
 
 @dataclass
@@ -34,13 +35,8 @@ class Arch:
     load: Callable  # load(directory, dtype=..., device=...)
 
 
-def _yoco_arch() -> Arch:
-    from .yoco import YOCOConfig, YOCODecoder, load_yoco, save_yoco
-    return Arch(YOCOConfig, YOCODecoder, save_yoco, load_yoco)
-
-
 ARCHS: dict[str, Arch] = {"llama": Arch(DecoderConfig, LlamaDecoder, checkpoint.save, checkpoint.load),
-                          "yoco": _yoco_arch()}
+                          "yoco": Arch(YOCOConfig, YOCODecoder, checkpoint.save, checkpoint.load)}
 
 
 @dataclass

@@ -37,7 +37,7 @@ def random_heads(model, k=4, noise=0.05, seed=1, kind="independent"):
 def fitted_hydra(model, k=4, steps=150):
     """Hydra heads fitted briefly to the model's own greedy text, so that whole blocks get accepted
     (random hydra heads mostly guess the previous token again)."""
-    from models.train_heads import greedy_continue, head_window, window_loss
+    from models.training.train_heads import greedy_continue, head_window, window_loss
     torch.manual_seed(0)
     h = build_heads(HeadsConfig.for_target(model, k, hidden=64, kind="hydra"))
     seq = greedy_continue(model, torch.randint(4, 64, (32, 4)), 40)

@@ -1,4 +1,4 @@
-"""Draft distillation (models/distill_draft.py) on tiny random models: the tau it reports is what
+"""Draft distillation (models/training/distill_draft.py) on tiny random models: the tau it reports is what
 greedy speculative decoding really does (the oracle is decoding.generate's own count of target
 forwards), generation resumes by chunks and reproduces them, and training lowers the draft's loss
 on the target's greedy text."""
@@ -8,8 +8,8 @@ import torch
 import decoding
 from models import DecoderConfig, LlamaDecoder
 from models.checkpoint import load, save
-from models.distill_draft import agreement, greedy_rows, loss_on, main
-from models.train_heads import greedy_continue
+from models.training.distill_draft import agreement, greedy_rows, loss_on, main
+from models.training.train_heads import greedy_continue
 
 torch.set_num_threads(1)
 

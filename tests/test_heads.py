@@ -10,7 +10,7 @@ from models import DecoderConfig, LlamaDecoder
 from models.checkpoint import save as save_target
 from models.heads import (BlockwiseHeads, HeadsConfig, HydraHeads, build_heads, load_heads, save_heads,
                           target_forward_with_hidden)
-from models.train_heads import greedy_continue, heads_loss, main as train_main
+from models.training.train_heads import greedy_continue, heads_loss, main as train_main
 
 torch.set_num_threads(1)
 MB4 = 4_000_000  # the issue's budget for the shipped heads, read as decimal megabytes (stricter)
@@ -215,7 +215,7 @@ def test_hydra_fits_4mb_at_k6(tmp_path):
 
 
 def _rows_dir(tmp_path, model, chunks=2, rows=8, prompt_len=6, gen_len=20):
-    """What `python -m models.distill_draft generate` writes: chunks of prompt + greedy continuation."""
+    """What `python -m models.training.distill_draft generate` writes: chunks of prompt + greedy continuation."""
     d = tmp_path / "rows"
     d.mkdir()
     g = torch.Generator().manual_seed(3)

@@ -3,19 +3,18 @@ default for it and only for it) and models/shipped/heads_independent (the paper'
 Their configs name the target, and blockwise decoding with either is token-identical to greedy in
 fp32 while it takes fewer target forwards."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import decoding
 from decoding.strategies.blockwise import is_shipped_target
+from models.artifacts import SHIPPED
 from models.checkpoint import load
 from models.heads import load_heads
 from models.tokenizer import Tokenizer
 
 torch.set_num_threads(1)
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shipped"
 CODE = ["def fibonacci(n):\n    if n < 2:\n        return n\n",
         "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"]
 

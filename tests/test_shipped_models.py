@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import corpus, zoo
-from models.evaluate import evaluate
+from models import artifacts, zoo
+from models.training import corpus
+from models.training.evaluate import evaluate
 from models.tokenizer import SHIPPED as TOKENIZER, Tokenizer
 
 # ZOO_DIR: check a training run's output (e.g. $OUT) before copying it into models/shipped
-SHIPPED = Path(os.environ.get("ZOO_DIR") or Path(__file__).resolve().parent.parent / "models" / "shipped")
+SHIPPED = Path(os.environ.get("ZOO_DIR") or artifacts.SHIPPED)
 MANIFEST = SHIPPED / "MANIFEST.json"
 if not MANIFEST.exists():
-    pytest.skip("models/shipped/MANIFEST.json not written yet (run models.train_zoo)", allow_module_level=True)
+    pytest.skip("models/shipped/MANIFEST.json not written yet (run models.training.train_zoo)", allow_module_level=True)
 manifest = json.loads(MANIFEST.read_text())
 NAMES = sorted(set(manifest["models"]) | {"target", "draft"})  # these two are always expected
 
@@ -81,7 +82,7 @@ def test_logged_val_loss_reproduced(name, tok, val_slice):
 
 
 def test_default_model_generates_decodable_text(tok):
-    from models.train_zoo import PROMPT, greedy
+    from models.training.train_zoo import PROMPT, greedy
 
     model = load(manifest.get("default", "target"))
     prompt = tok.encode(PROMPT, bos=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models import corpus, train as T, zoo
+from models import zoo
+from models.training import corpus, train as T
 from models.tokenizer import Tokenizer
 
 

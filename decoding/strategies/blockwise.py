@@ -24,7 +24,7 @@ decoding: earlier guesses count as seen), which only helps them agree with the p
 
 Native decoders only: the heads read the target's final-norm hidden state (`return_hidden=True`),
 and rollback is the native cache's per-row truncate. HF models are refused: their adapter has no
-cheap hidden-state path, and heads are trained per target anyway (models/train_heads.py).
+cheap hidden-state path, and heads are trained per target anyway (models/training/train_heads.py).
 """
 from __future__ import annotations
 
@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from models.artifacts import SHIPPED
+
 from ..output import GenerationOutput
 from ..verify import Constant, Proposal, Proposer, Round, Setup, greedy_accept, process, speculate
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped"
 DEFAULT_TOP_K = 2  # acceptance="topk" without acceptance_top_k
 
 
@@ -118,7 +119,7 @@ def resolve_heads(target, heads, block_size):
         if not is_shipped_target(target):
             raise ValueError("strategy='blockwise' needs heads=PATH (or a models.heads.BlockwiseHeads module) "
                              "trained for this model; the shipped heads (models/shipped/heads) serve only the "
-                             "shipped target. Train heads with `python -m models.train_heads --target DIR --out DIR`.")
+                             "shipped target. Train heads with `python -m models.training.train_heads --target DIR --out DIR`.")
         heads = SHIPPED / "heads"
     if not isinstance(heads, (str, Path, torch.nn.Module)):
         raise TypeError(f"heads must be a directory path or a models.heads module (BlockwiseHeads, HydraHeads), "

@@ -1,8 +1,8 @@
 """Train the shipped zoo (target, then draft) in one command and write MANIFEST.json.
 
-    python -m models.train_zoo --device cuda --budget gpu --out $OUT   # the one GPU run
-    python -m models.train_zoo --device cpu --smoke --out /tmp/zoo     # same path, tiny, on CPU
-    python -m models.train_zoo --device cpu --budget cpu               # CPU-only fallback (hours)
+    python -m models.training.train_zoo --device cuda --budget gpu --out $OUT   # the one GPU run
+    python -m models.training.train_zoo --device cpu --smoke --out /tmp/zoo     # same path, tiny, on CPU
+    python -m models.training.train_zoo --device cpu --budget cpu               # CPU-only fallback (hours)
 
 Budgets: "gpu" gives each model its recipe's gpu_seconds (target 100 s, draft 40 s) and a token
 cap from FLOPs (6 x compute-parameters per token at an assumed 100 TFLOP/s); a model whose
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import zoo
-from .tokenizer import SHIPPED as TOKENIZER, Tokenizer
-from .train import ROOT, Log, load_data, token_info, train
+from .. import zoo
+from ..artifacts import DATA, RUNS, SHIPPED
+from ..tokenizer import SHIPPED as TOKENIZER, Tokenizer
+from .train import Log, load_data, token_info, train
 
 ASSUMED_FLOPS = 100e12  # effective bf16 FLOP/s for these tiny models on an H200: conservative
 PROMPT = "def fibonacci(n):\n"
@@ -117,13 +118,13 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    a.out = a.out or ROOT / ("runs/smoke-zoo" if a.smoke else "models/shipped")
+    a.out = a.out or (RUNS / "smoke-zoo" if a.smoke else SHIPPED)
     names = a.models.split(",")
     a.out.mkdir(parents=True, exist_ok=True)
     log = Log(a.out / "train_zoo.log")
     log(f"train_zoo {' '.join(sys.argv[1:] if argv is None else argv)} torch {torch.__version__} "
         f"python {sys.version.split()[0]}")
-    data = load_data(ROOT / "data")
+    data = load_data(DATA)
     t0 = time.time()
     results = {}
     for name in names:
@@ -138,12 +139,12 @@ def main(argv=None) -> None:
                       max_seconds=a.max_seconds or 1.25 * rc.gpu_seconds)
         else:
             kw.update(tokens=rc.cpu_tokens, max_seconds=a.max_seconds, val_windows=0)
-        state = ROOT / "runs" / (f"smoke-{name}" if a.smoke else name)
+        state = RUNS / (f"smoke-{name}" if a.smoke else name)
         results[name] = train(name, a.out, state_dir=state, **kw)
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    extra = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m models.train_zoo " +
+    extra = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "python -m models.training.train_zoo " +
              " ".join(sys.argv[1:] if argv is None else argv), "wall_seconds": round(time.time() - t0, 1)}
     loaded = {n: zoo.ARCHS[zoo.ZOO[n].arch].load(a.out / n, dtype=torch.float32, device="cpu") for n in names}
     try:

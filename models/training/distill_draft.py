@@ -1,8 +1,8 @@
 """Distil the speculative draft on the target's own greedy text (DistillSpec-style, hard labels).
 
-    python -m models.distill_draft generate --rows 8192          # target's greedy continuations
-    python -m models.distill_draft train --max-seconds 1500       # fine-tune the shipped draft on them
-    python -m models.distill_draft ship                           # replace models/shipped/draft
+    python -m models.training.distill_draft generate --rows 8192          # target's greedy continuations
+    python -m models.training.distill_draft train --max-seconds 1500       # fine-tune the shipped draft on them
+    python -m models.training.distill_draft ship                           # replace models/shipped/draft
 
 Greedy speculative decoding accepts a drafted token exactly when it equals the target's argmax, so
 the draft is trained with cross-entropy on the target's greedy continuations of corpus windows:
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load, save
+from ..artifacts import RUNS, SHIPPED
+from ..checkpoint import load, save
+from .head_features import greedy_rows
 from .train_heads import DATA_DIR, greedy_continue, read_tokens, windows
 from .train_zoo import draft_matches, spec_tau
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def generate(args) -> None:
@@ -58,14 +58,6 @@ def generate(args) -> None:
                                              "gen_len": args.gen_len, "seed": args.seed}, indent=2) + "\n")
 
 
-def greedy_rows(d: Path) -> tuple[np.ndarray, int]:
-    meta = json.loads((d / "meta.json").read_text())
-    chunks = sorted(d.glob("chunk_*.npy"))
-    if not chunks:
-        raise FileNotFoundError(f"no chunk_*.npy in {d}: run `python -m models.distill_draft generate` first")
-    return np.concatenate([np.load(f) for f in chunks]).astype(np.int64), meta["prompt_len"]
-
-
 def loss_on(draft, seq: torch.Tensor, start: int) -> torch.Tensor:
     """Cross-entropy of the draft predicting seq[:, t + 1] for t >= start - 1 (the continuation)."""
     logits = draft.forward_train(seq[:, :-1])[:, start - 1:]
@@ -75,7 +67,7 @@ def loss_on(draft, seq: torch.Tensor, start: int) -> torch.Tensor:
 @torch.no_grad()
 def agreement(draft, target, prompts: torch.Tensor, gen_len: int, ks=(2, 4, 6)) -> dict:
     """On the target's greedy continuation of prompts (rows, P), cached: per-token agreement of the
-    draft's argmax and the tau of greedy speculative decoding at each k (models.train_zoo)."""
+    draft's argmax and the tau of greedy speculative decoding at each k (models.training.train_zoo)."""
     P = prompts.shape[1]
     match = draft_matches(draft, greedy_continue(target, prompts, gen_len), P)
     return {"rows": prompts.shape[0], "prompt_len": P, "gen_len": gen_len, "agreement": round(float(match.mean()), 4),
@@ -178,12 +170,12 @@ def ship(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("generate", "train", "ship"))
-    ap.add_argument("--target", default=str(ROOT / "models" / "shipped" / "target"))
-    ap.add_argument("--init", default=str(ROOT / "models" / "shipped" / "draft"))
-    ap.add_argument("--out", default=str(ROOT / "runs" / "draft_distilled"))
+    ap.add_argument("--target", default=str(SHIPPED / "target"))
+    ap.add_argument("--init", default=str(SHIPPED / "draft"))
+    ap.add_argument("--out", default=str(RUNS / "draft_distilled"))
     ap.add_argument("--reproduce", default="", help="ship: the commands that made --out, for the log")
-    ap.add_argument("--to", default=str(ROOT / "models" / "shipped" / "draft"), help="ship: the draft to replace")
-    ap.add_argument("--data-dir", default=str(ROOT / "runs" / "distill"))
+    ap.add_argument("--to", default=str(SHIPPED / "draft"), help="ship: the draft to replace")
+    ap.add_argument("--data-dir", default=str(RUNS / "distill"))
     ap.add_argument("--tokens-file", default=None, help="generate: corpus tokens for prompts (default data/train.bin)")
     ap.add_argument("--val-tokens-file", default=None, help="train: held-out tokens (default data/val.bin)")
     ap.add_argument("--rows", type=int, default=16384)

@@ -1,9 +1,9 @@
 """Train blockwise proposal heads (models/heads.py) on a frozen native target.
 
-    python -m models.train_heads --target models/shipped/target --out runs/heads --k 6 \
+    python -m models.training.train_heads --target models/shipped/target --out runs/heads --k 6 \
         --data distill --device cuda --max-seconds 30                    # models/shipped/heads_independent
-    python -m models.distill_draft generate --rows 40960                   # greedy rows for --data rows
-    python -m models.train_heads --target models/shipped/target --out runs/hydra_k6 --kind hydra --k 6 \
+    python -m models.training.distill_draft generate --rows 40960                   # greedy rows for --data rows
+    python -m models.training.train_heads --target models/shipped/target --out runs/hydra_k6 --kind hydra --k 6 \
         --data rows --rows-dir runs/distill --device cpu --threads 2 --cpu-bf16 --batch 2048 \
         --lr 3e-3 --tokens 12000000 --max-seconds 0                      # models/shipped/heads
 
@@ -18,8 +18,8 @@ Data (`--data`):
            position for per-position chains. Exact blockwise acceptance checks the heads against
            exactly this chain, which is why distillation raises acceptance over corpus labels.
   rows     the same self-distillation from rows generated beforehand by
-           `python -m models.distill_draft generate` (`--rows-dir`): the frozen target's features are
-           computed once per chunk and cached (models/head_features.py), and every step trains on
+           `python -m models.training.distill_draft generate` (`--rows-dir`): the frozen target's features are
+           computed once per chunk and cached (models/training/head_features.py), and every step trains on
            `--batch` random continuation positions of all rows. For CPU training, where a target
            forward per step would cost as much as the heads' own step.
 
@@ -47,20 +47,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import load as load_target
+from ..artifacts import DATA
+from ..checkpoint import load as load_target
 from .head_features import PositionBatches, cache_features
-from .heads import HeadsConfig, build_heads, save_heads
+from ..heads import HeadsConfig, build_heads, save_heads
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # where models.corpus writes train/val.bin
+DATA_DIR = DATA  # where models.training.corpus writes train/val.bin
 IGNORE = -100
 
 
 # -- data ---------------------------------------------------------------------------------------------
 def read_tokens(path: str | Path) -> np.ndarray:
-    """uint16 tokens from a .npy file or a raw little-endian .bin file (models.corpus), memory-mapped."""
+    """uint16 tokens from a .npy file or a raw little-endian .bin file (models.training.corpus), memory-mapped."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p} missing: build the corpus with `python -m models.corpus` or pass --tokens-file")
+        raise FileNotFoundError(f"{p} missing: build the corpus with `python -m models.training.corpus` or pass --tokens-file")
     if p.suffix == ".npy":
         return np.load(p, mmap_mode="r")
     return np.memmap(p, dtype="<u2", mode="r")
@@ -225,7 +226,7 @@ def parse(argv=None):
                     help="independent heads (Stern et al.) or hydra heads that read the token before each guess")
     ap.add_argument("--data", choices=("distill", "corpus", "rows"), default="distill")
     ap.add_argument("--rows-dir", default="runs/distill",
-                    help="rows: greedy rows from `python -m models.distill_draft generate` (features cached there)")
+                    help="rows: greedy rows from `python -m models.training.distill_draft generate` (features cached there)")
     ap.add_argument("--cpu-bf16", action="store_true",
                     help="run the heads under bf16 autocast on CPU too (AMX; always on for CUDA)")
     ap.add_argument("--tokens", type=int, default=14_000_000,

@@ -1,6 +1,6 @@
 """The frozen target's features for head training on pre-generated greedy rows.
 
-`python -m models.distill_draft generate` writes the target's greedy continuations of corpus
+`python -m models.training.distill_draft generate` writes the target's greedy continuations of corpus
 windows as chunks (runs/distill/chunk_*.npy, prompt_len + gen_len tokens per row). Heads train on
 the continuation positions t = prompt_len - 1 .. L - 2, where the tokens after t are the target's
 own greedy chain, and the target is frozen: its final-norm hidden state at those positions is
@@ -54,13 +54,20 @@ def cache_features(target, rows_dir: str | Path, *, log=print) -> Path:
     return out
 
 
+def greedy_rows(d: Path) -> tuple[np.ndarray, int]:
+    meta = json.loads((d / "meta.json").read_text())
+    chunks = sorted(d.glob("chunk_*.npy"))
+    if not chunks:
+        raise FileNotFoundError(f"no chunk_*.npy in {d}: run `python -m models.training.distill_draft generate` first")
+    return np.concatenate([np.load(f) for f in chunks]).astype(np.int64), meta["prompt_len"]
+
+
 class PositionBatches:
     """Random continuation positions of all cached rows: batch b is drawn from a generator seeded with
     (seed, b), so a resumed run sees the same batches. get(b) -> (hidden (N, 1, dim), window (N, 1, k + 1)):
     the hidden state at t and tokens t+1..t+k+1 (IGNORE past the row's end)."""
 
     def __init__(self, rows_dir: str | Path, *, k: int, positions: int, seed: int, device, ignore: int):
-        from .distill_draft import greedy_rows  # not at the top: distill_draft imports train_heads, which imports us
         d = Path(rows_dir)
         rows, self.P = greedy_rows(d)  # raises when there are none
         feats = [d / FEATURES / f"f_{c.stem.split('_')[1]}.npy" for c in sorted(d.glob("chunk_*.npy"))]

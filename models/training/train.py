@@ -1,6 +1,6 @@
-"""Train a named zoo model (models/zoo.py) on the stdlib token files (models/corpus.py).
+"""Train a named zoo model (models/zoo.py) on the stdlib token files (models/training/corpus.py).
 
-    python -m models.train --config target --out DIR [--tokens N] [--device cpu|cuda]
+    python -m models.training.train --config target --out DIR [--tokens N] [--device cpu|cuda]
                            [--max-seconds S] [--fit-seconds S] [--resume] [--compile]
 
 Reproducible: initialisation is seeded on the CPU, and the batch of step s is a pure function of
@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import corpus, zoo
+from .. import zoo
+from ..artifacts import RUNS, SHIPPED
+from . import corpus
 from .evaluate import evaluate, strided_windows
-from .tokenizer import SHIPPED as TOKENIZER, Tokenizer
+from ..tokenizer import SHIPPED as TOKENIZER, Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -145,7 +146,7 @@ def make_optimizer(model, p: Plan, device: str):
 def load_data(data_dir: Path) -> dict:
     meta = json.loads((data_dir / "meta.json").read_text())
     if meta["tokenizer"]["sha256"] != hashlib.sha256(TOKENIZER.read_bytes()).hexdigest():
-        raise ValueError(f"{data_dir} was tokenized with another tokenizer: rerun `python -m models.corpus`")
+        raise ValueError(f"{data_dir} was tokenized with another tokenizer: rerun `python -m models.training.corpus`")
     return {"train": corpus.load_tokens("train", data_dir), "val": corpus.load_tokens("val", data_dir),
             "val_slice": corpus.load_tokens("val_slice", data_dir), "meta": meta}
 
@@ -204,7 +205,7 @@ def train(name: str, out: str | Path, *, tokens: int | None = None, device: str 
     if amp == "auto":
         amp = "bfloat16" if cuda else "none"
     amp_dtype = DTYPES[amp] if amp and amp != "none" else None
-    state_dir = Path(state_dir) if state_dir else ROOT / "runs" / name
+    state_dir = Path(state_dir) if state_dir else RUNS / name
     log = Log(log_file or state_dir.with_suffix(".log"))  # beside the state: that holds only safetensors + json
     data = data if data is not None else load_data(data_dir)
     tok = token_info(data.get("meta", {}))
@@ -344,7 +345,7 @@ def train(name: str, out: str | Path, *, tokens: int | None = None, device: str 
         "torch": torch.__version__, "python": sys.version.split()[0], "ship_dtype": ship_dtype,
         "corpus": {k: meta.get(k) for k in ("python", "train", "val", "tokenizer_vocab")},
         "val": val, "val_full": val_full, "history": info["history"], "evals": info["evals"],
-        "reproduce": (f"python -m models.train --config {name} --device {device} "
+        "reproduce": (f"python -m models.training.train --config {name} --device {device} "
                       f"--tokens {plan.total_steps * plan.tokens_per_step} --batch {plan.batch} "
                       f"--seq-len {plan.seq_len} --warmup-steps {plan.warmup_steps} --seed {plan.seed}"
                       + (f" (stopped by max_seconds after step {step})" if reason == "max_seconds" else "")),
@@ -383,7 +384,7 @@ def _no_tf32():
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, choices=sorted(zoo.ZOO))
-    ap.add_argument("--out", default=str(ROOT / "models" / "shipped"))
+    ap.add_argument("--out", default=str(SHIPPED))
     ap.add_argument("--tokens", type=int, help="token budget (default: the recipe's CPU budget)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-seconds", type=float, help="hard wall-clock cap; still evaluates and saves")

@@ -6,8 +6,8 @@ Tokens: each file becomes [bos] + encode(text) + [eos]; files are concatenated i
 order into uint16 arrays under data/ (git-ignored; built here on 3.11, carried to a GPU run,
 never rebuilt there because the 3.12 stdlib differs).
 
-    python -m models.corpus                      # tokenize with the shipped tokenizer -> data/
-    python -m models.corpus --train-tokenizer    # first (re)train models/shipped/tokenizer.model
+    python -m models.training.corpus                      # tokenize with the shipped tokenizer -> data/
+    python -m models.training.corpus --train-tokenizer    # first (re)train models/shipped/tokenizer.model
 """
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import DATA
+
 VAL_PER_MILLE = 20  # ~2% of files
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = DATA
 # Validation slice used by train logs and tests: the middle SLICE_LEN + 1 tokens of each of the
 # first SLICE_WINDOWS validation files (sorted) that are long enough. Taking whole-file windows
 # keeps the slice independent of every other file, so a different 3.11.x patch rarely moves it.
@@ -99,7 +101,7 @@ def build(tok, data_dir: Path = DATA_DIR) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     if tok.vocab_size > 65535:
         raise ValueError("uint16 token files need a vocabulary below 65536")
-    from .tokenizer import SHIPPED
+    from ..tokenizer import SHIPPED
     meta = {"python": sys.version.split()[0], "stdlib": str(stdlib_root()), "tokenizer_vocab": tok.vocab_size,
             "val_per_mille": VAL_PER_MILLE, "format": "uint16 little-endian, [bos] text [eos] per file",
             # what training needs from the tokenizer, so a machine without sentencepiece can train
@@ -124,13 +126,13 @@ def load_tokens(split: str, data_dir: Path = DATA_DIR) -> np.ndarray:
     """Memory-mapped uint16 tokens of 'train' or 'val'; 'val_slice' comes back as (windows, len + 1)."""
     path = data_dir / f"{split}.bin"
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `python -m models.corpus` on the CPU machine first")
+        raise FileNotFoundError(f"{path} missing: run `python -m models.training.corpus` on the CPU machine first")
     arr = np.memmap(path, dtype="<u2", mode="r")
     return arr.reshape(-1, SLICE_LEN + 1) if split == "val_slice" else arr
 
 
 def main(argv=None) -> None:
-    from .tokenizer import Tokenizer, train_tokenizer
+    from ..tokenizer import Tokenizer, train_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-tokenizer", action="store_true", help="retrain the shipped tokenizer first")
