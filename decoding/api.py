@@ -2,51 +2,17 @@
 to a strategy (DESIGN.md 3.1)."""
 from __future__ import annotations
 
-import sys
 import time
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import strategies
+from .capabilities import as_decoder, check_positions
 from .config import resolve
 from .output import GenerationOutput
 from .stopping import StopStrings
-
-_ADAPTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def as_decoder(model):
-    """The model behind the model protocol: HF causal LMs through the adapter, native ones as is."""
-    from models.hf_adapter import HFModel, is_hf_model
-    # no PreTrainedModel exists before transformers.modeling_utils is imported; importing it to ask
-    # costs seconds, which the first call's wall_s (tokens/s) would count
-    if "transformers.modeling_utils" in sys.modules and is_hf_model(model):
-        adapter = _ADAPTERS.get(model)
-        if adapter is None:
-            adapter = _ADAPTERS[model] = HFModel(model)  # raises for encoder-decoder / no LM head
-        return adapter
-    if callable(getattr(model, "new_cache", None)) and callable(getattr(model, "forward", None)) \
-            and isinstance(getattr(model, "vocab_size", None), int):
-        return model
-    raise TypeError(f"model must be a Hugging Face causal LM or a native decoder with vocab_size, new_cache() "
-                    f"and forward() (the model protocol), got {type(model).__name__}")
-
-
-def _device(model):
-    device = getattr(model, "device", None)
-    if device is None:
-        device = next(model.parameters()).device
-    return torch.device(device)
-
-
-def _max_positions(model) -> int | None:
-    limit = getattr(model, "max_positions", None)
-    if limit is None:
-        limit = getattr(getattr(model, "config", None), "max_seq_len", None)
-    return limit
 
 
 @dataclass
@@ -99,8 +65,8 @@ def _from_lists(rows, pad: int) -> tuple[Tensor, Tensor]:
 
 
 def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
-    device = _device(model)
-    embed_size = getattr(model, "embed_size", model.vocab_size)
+    device = torch.device(model.device)
+    embed_size = model.embed_size
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     if isinstance(input_ids, (list, tuple)):
         if attention_mask is not None:
@@ -155,7 +121,7 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     """max_new_tokens / min_new_tokens of this call from HF's length arguments (which count the
     padded prompt), then the position limit."""
     T = prompt.width
-    limit = _max_positions(model)
+    limit = model.max_positions
     if prompt.max_len > (limit or prompt.max_len):
         raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
                          f"{limit} positions (max_position_embeddings); shorten the prompt")
@@ -171,9 +137,7 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
         if max_new < 1:
             raise ValueError(f"input_ids has length {T}, which leaves no room under the model's {limit} "
                              "positions; shorten the prompt")
-    if limit and prompt.max_len + max_new > limit:
-        raise ValueError(f"the prompt ({prompt.max_len} tokens) + max_new_tokens ({max_new}) exceeds the model's "
-                         f"{limit} positions (max_position_embeddings); lower max_new_tokens")
+    check_positions(model, prompt.max_len, max_new)
     cfg.max_new_tokens = max_new
     if cfg.min_new_tokens is None:
         cfg.min_new_tokens = max(0, (cfg.min_length or 0) - T)

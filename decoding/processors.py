@@ -81,16 +81,16 @@ class Pipeline:
             ids = torch.tensor([e for e in cfg.eos_token_id if e < vocab_size], dtype=torch.long, device=device)
             self.eos_mask[ids] = True
         self.user = list(cfg.logits_processor or [])
-        self.warpers = []  # (function name in this module, value): looked up at call time
+        self.warpers: list[tuple[Callable[[Tensor, float], Tensor], float]] = []  # (warper, its setting)
         if cfg.do_sample:
             if cfg.temperature is not None and cfg.temperature != 1.0:
-                self.warpers.append(("temperature", cfg.temperature))
+                self.warpers.append((temperature, cfg.temperature))
             if cfg.top_k:
-                self.warpers.append(("top_k", cfg.top_k))
+                self.warpers.append((top_k, cfg.top_k))
             if cfg.top_p is not None and cfg.top_p < 1.0:
-                self.warpers.append(("top_p", cfg.top_p))
+                self.warpers.append((top_p, cfg.top_p))
             if cfg.min_p is not None:
-                self.warpers.append(("min_p", cfg.min_p))
+                self.warpers.append((min_p, cfg.min_p))
         self.needs_seen = self.penalty is not None
         self.needs_ids = bool(self.user)
         self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warpers)
@@ -111,7 +111,6 @@ class Pipeline:
             ids = ctx.ids()
             for fn in self.user:
                 scores = fn(ids, scores)
-        g = globals()
-        for name, value in self.warpers:
-            scores = g[name](scores, value)
+        for warp, value in self.warpers:
+            scores = warp(scores, value)
         return scores

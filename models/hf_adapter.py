@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from .protocol import check_input_ids
+from .protocol import cache_overflow, check_input_ids, special_tokens
 
 
 def is_hf_model(model) -> bool:
@@ -36,9 +36,21 @@ def _layers(hf_cache) -> list:
     return [(k, v, None) for k, v in zip(getattr(hf_cache, "key_cache", []), getattr(hf_cache, "value_cache", []))]
 
 
+def sliding_window(config) -> int | None:
+    """The window of a config whose sliding-window layers are on (their HF cache forgets keys
+    past it), else None."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or []
+    if not window or getattr(config, "use_sliding_window", True) is False or \
+            (types and not any("sliding" in t for t in types)):
+        return None
+    return window
+
+
 class HFCache:
     """Cache protocol over an HF cache. `valid` (B, slots) int64 marks real keys; `size` (host int)
     is HF's slot count; `lengths` int32 [B] counts real tokens per row."""
+    max_rollback = None  # capability (models/protocol.py); a sliding window limits it (HFModel.rollback_window)
 
     def __init__(self, batch_size: int, max_len: int, device):
         if batch_size < 1 or max_len < 1:
@@ -149,6 +161,8 @@ class HFCache:
 
 class HFModel:
     """Model protocol over an HF causal LM: `new_cache`, `forward(input_ids, cache, ...) -> logits`."""
+    max_rollback = None  # capabilities (models/protocol.py)
+    returns_hidden = False  # no cheap final-norm hidden state (blockwise heads)
 
     def __init__(self, hf_model):
         if not is_hf_model(hf_model):
@@ -176,6 +190,7 @@ class HFModel:
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
         self.embed_size = int(hf_model.get_input_embeddings().weight.shape[0])  # ids must be below this
         self.max_positions = getattr(text, "max_position_embeddings", None)
+        self.rollback_window = sliding_window(text)
 
     @property
     def device(self):
@@ -188,6 +203,13 @@ class HFModel:
     @property
     def generation_config(self):
         return getattr(self.hf, "generation_config", None)
+
+    @property
+    def generation_defaults(self) -> dict:
+        """The HF model's generation_config (its set fields) over its config's special tokens."""
+        gc = self.generation_config
+        items = {} if gc is None else gc.to_dict()
+        return {**special_tokens(self.config), **{k: v for k, v in items.items() if v is not None and not k.startswith("_")}}
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> HFCache:
         """`max_len` = real tokens per row; HF's cache grows as needed (dtype follows the model)."""
@@ -215,8 +237,7 @@ class HFModel:
         n_new = T if new_valid is None else new_valid.sum(1)
         # lengths <= size (host), so the exact check (a sync) runs only near the capacity
         if cache.size + T > cache.capacity and int((cache.lengths + n_new).max()) > cache.capacity:
-            raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {T} new tokens > capacity "
-                             f"{cache.capacity}; create the cache with a larger max_len")
+            raise cache_overflow(int(cache.lengths.max()), T, cache.capacity)
         if positions is None:  # real tokens before each one; pads get 1 (valid for learned positions)
             if new_valid is None:
                 positions = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)

@@ -13,7 +13,7 @@ from .attention import AttentionBatch, attend
 from .cache import StaticCache
 from .config import DecoderConfig
 from .layout import k_major_
-from .protocol import check_input_ids
+from .protocol import cache_overflow, check_input_ids, special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 
 
@@ -104,6 +104,10 @@ class Block(nn.Module):
 
 class LlamaDecoder(nn.Module):
     """Decoder-only transformer. `forward` follows the model protocol; `forward_train` is cache-free."""
+    # capabilities (models/protocol.py): the static cache rolls any row back any distance
+    max_rollback = None
+    rollback_window = None
+    returns_hidden = True
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -128,6 +132,18 @@ class LlamaDecoder(nn.Module):
     @property
     def dtype(self):
         return self.embed.weight.dtype
+
+    @property
+    def embed_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def generation_defaults(self) -> dict:
+        return special_tokens(self.config)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
         c = self.config
@@ -184,8 +200,7 @@ class LlamaDecoder(nn.Module):
     def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int, longest: int) -> Tensor:
         from .compiled import GraphedStep
         if longest + input_ids.shape[1] > cache.capacity:
-            raise ValueError(f"cache overflow: {longest} cached + {input_ids.shape[1]} new "
-                             f"tokens > capacity {cache.capacity}; create the cache with a larger max_len")
+            raise cache_overflow(longest, input_ids.shape[1], cache.capacity)
         if self._graphed is None:
             self._graphed = GraphedStep(self)
         logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer

@@ -25,7 +25,7 @@ from .attention import AttentionBatch, attend
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .layout import k_major_
-from .protocol import check_input_ids
+from .protocol import check_input_ids, special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -164,6 +164,8 @@ class CrossBlock(nn.Module):
 
 class YOCODecoder(nn.Module):
     """Decoder-decoder. `forward` follows the model protocol; `forward_train` is cache-free."""
+    rollback_window = None  # capabilities (models/protocol.py); max_rollback is the rings' slack
+    returns_hidden = True
 
     def __init__(self, cfg: YOCOConfig):
         super().__init__()
@@ -190,6 +192,22 @@ class YOCODecoder(nn.Module):
     @property
     def dtype(self):
         return self.embed.weight.dtype
+
+    @property
+    def embed_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def max_rollback(self) -> int:
+        return self.config.max_rollback
+
+    @property
+    def generation_defaults(self) -> dict:
+        return special_tokens(self.config)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> YOCOCache:
         c = self.config

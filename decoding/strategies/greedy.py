@@ -16,6 +16,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
                         eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, stop=stop,
                         streamer=cfg.streamer, seen_vocab=model.vocab_size if pipeline.needs_seen else 0)
     generator = sampling.make_generator(cfg.seed, cfg.generator, device)
+    choose = sampling.sampler(cfg.do_sample, generator)
     # finished rows are fed pad, as HF does, unless pad is no valid input id
     feed_pad = cfg.pad_token_id is None or cfg.pad_token_id < prompt.embed_size
     scores_out = [] if cfg.output_scores else None
@@ -27,10 +28,12 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         cache.repeat(n)
         logits = logits.repeat_interleave(n, 0)
     for step in range(cfg.max_new_tokens):
-        scores = pipeline(logits[:, -1].float(), state.context())  # (B*n, V)
+        scores = logits[:, -1].float()  # (B*n, V)
+        if pipeline.active:
+            scores = pipeline(scores, state.context())
         if scores_out is not None:
             scores_out.append(scores)
-        chosen = sampling.sample(scores, generator) if cfg.do_sample else sampling.argmax(scores)
+        chosen = choose(scores)
         tokens = state.append_one(chosen)
         if step + 1 == cfg.max_new_tokens or state.all_finished():
             break
