@@ -1,5 +1,5 @@
 """decoding.generate(): HF's argument resolution, every check before the first forward, dispatch
-to a strategy (DESIGN.md 3.1)."""
+to a strategy (docs/DESIGN.md 2)."""
 from __future__ import annotations
 
 import time

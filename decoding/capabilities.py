@@ -1,5 +1,5 @@
 """What a run asks of its models, checked before any work from the capabilities the model protocol
-declares (models/protocol.py; docs/DESIGN.md 3.2). One place for each check the strategies share;
+declares (models/protocol.py; docs/DESIGN.md 3.1). One place for each check the strategies share;
 nothing here looks at what kind of model it is.
 """
 from __future__ import annotations

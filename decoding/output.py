@@ -1,4 +1,4 @@
-"""What generate() returns (DESIGN.md 3.1): sequences, optional scores, and fixed-name stats."""
+"""What generate() returns (docs/DESIGN.md 2): sequences, optional scores, and fixed-name stats."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,6 +1,6 @@
 """Propose -> verify -> accept -> roll back: the one loop behind speculative sampling, prompt lookup,
 Jacobi / Gauss-Seidel-Jacobi / speculative Jacobi decoding and blockwise parallel decoding
-(DESIGN.md 2). The algorithms differ only in the proposer and the acceptance rule.
+(docs/DESIGN.md 4). The algorithms differ only in the proposer and the acceptance rule.
 
 One round, every running row b at once:
   1. the proposer guesses up to k next tokens            draft (B, K), K <= k
@@ -33,7 +33,7 @@ Plugging in an algorithm:
 - prompt lookup: proposers.NgramProposer (q = None);
 - Jacobi: propose the previous iterate (observe keeps rnd.scores.argmax past the accepted prefix),
   greedy_accept; SJD: the previous iterate sampled, q = what it was sampled from, sample_accept;
-- blockwise: target_forward = models.heads.target_forward_with_hidden, observe runs the heads on
+- blockwise: target_forward also keeps the target's hidden states, observe runs the heads on
   the hidden state of the last kept position (next round's draft, no extra forward), greedy_accept
   or a top-k relaxed rule.
 """

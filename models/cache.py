@@ -1,4 +1,4 @@
-"""Static, preallocated KV cache with per-row lengths and no stored pads (DESIGN.md 3.3)."""
+"""Static, preallocated KV cache with per-row lengths and no stored pads (docs/DESIGN.md 3.2)."""
 from __future__ import annotations
 
 import torch
