@@ -202,7 +202,7 @@ def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutpu
 
     Input:
         model: an HF causal LM (run through an adapter) or a native decoder (models.LlamaDecoder,
-            models.YocoDecoder; anything with vocab_size, new_cache() and forward()).
+            models.yoco.YOCODecoder; anything with vocab_size, new_cache() and forward()).
         input_ids: a (B, T) LongTensor, left-padded, or a list of B token-id lists of any lengths
             (left-padded for you; then leave attention_mask out).
         attention_mask: (B, T) 0/1 for a padded tensor batch; pads must be on the left.
