@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.artifacts import SHIPPED, shipped
+from models.artifacts import shipped
 
 EXIT_LOAD, EXIT_USAGE = 1, 2
 SMALL_MODEL = 50_000_000  # parameters; below this, one CPU thread decodes fastest

@@ -16,7 +16,9 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_common import (EXIT_USAGE, SHIPPED, CLIError, add_prompt_args, check_heads, check_tokenizer_path,
+from models.artifacts import SHIPPED
+
+from .cli_common import (EXIT_USAGE, CLIError, add_prompt_args, check_heads, check_tokenizer_path,
                          check_writable, default_path, encode_prompts, load_model, load_tokenizer, model_type,
                          read_prompts)
 
