@@ -153,8 +153,70 @@ def _stop_strings(cfg):
 
 
 def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutput:
-    """Generate from `model` (an HF causal LM or a native decoder) with HF's arguments; see
-    DESIGN.md 3.1. Every argument is checked before the first forward."""
+    """Generate from `model` (an HF causal LM or a native decoder) with Hugging Face's arguments.
+
+    Exactly HF's answer, faster: greedy and beam search are token-identical to HF `generate` in
+    fp32, sampling modes sample HF's distribution. Every argument is checked before the first
+    forward; bad values raise ValueError / TypeError naming the argument, an HF argument the engine
+    does not implement raises NotImplementedError naming it (decoding.hf.install falls back to HF).
+
+    Arguments resolve as HF's own `generate` resolves them: what you pass, then `generation_config=`,
+    then the model's generation config (a native model: its config's special tokens), then HF's
+    defaults (shown in brackets).
+
+    Input:
+        model: an HF causal LM (run through an adapter) or a native decoder (models.LlamaDecoder,
+            models.yoco.YOCODecoder; anything with vocab_size, new_cache() and forward()).
+        input_ids: a (B, T) LongTensor, left-padded, or a list of B token-id lists of any lengths
+            (left-padded for you; then leave attention_mask out).
+        attention_mask: (B, T) 0/1 for a padded tensor batch; pads must be on the left.
+
+    Length and stopping:
+        max_new_tokens [max_length=20 counting the prompt], min_new_tokens, max_length, min_length;
+        eos_token_id (an id or a list; pass None to never stop at eos), pad_token_id (fills rows
+        that stopped), bos_token_id; stop_strings (str or list) with tokenizer= (encode/decode).
+
+    Modes (chosen from the arguments, as in HF):
+        greedy: the default (do_sample=False [False], num_beams=1 [1]).
+        sampling: do_sample=True with temperature [1.0], top_k [50; 0 = off], top_p [1.0], min_p,
+            in HF's processing order; seed= (an int) or generator= (a torch.Generator) reproduces
+            a sample.
+        any mode: repetition_penalty [1.0], logits_processor= (HF LogitsProcessors or callables
+            (input_ids, scores) -> scores).
+        beam search: num_beams > 1, length_penalty [1.0], early_stopping [False; True or "never"],
+            num_return_sequences [1]; diverse beam search: num_beam_groups > 1 with
+            diversity_penalty > 0.
+        speculative decoding: assistant_model= (a draft sharing the tokenizer) with
+            num_assistant_tokens [20] (draft tokens per target forward),
+            num_assistant_tokens_schedule ["constant"; "heuristic" adapts it],
+            assistant_confidence_threshold [0.4]; or prompt_lookup_num_tokens= (drafts copied from
+            n-grams of the prompt, max_matching_ngram_size). Greedy: token-identical to greedy;
+            sampling: exactly the target's distribution.
+        the engine's own parallel modes, strategy=:
+            "jacobi" / "gs_jacobi" (Gauss-Seidel-Jacobi): greedy, token-identical to greedy;
+            "sjd" (speculative Jacobi decoding): do_sample=True, the target's distribution;
+                block_size [4] guesses per forward, jacobi_init ["pad"; "repeat", "ngram"].
+            "blockwise" (blockwise parallel decoding): heads= (a directory from
+                models.training.train_heads or a models.heads module; default the shipped heads,
+                for the shipped target only), block_size [all heads],
+                acceptance ["exact": token-identical to greedy; "topk": lossy, acceptance_top_k [2]].
+
+    Output and streaming:
+        output_scores (per-step processed scores, HF layout); return_dict_in_generate and use_cache
+        are accepted (the engine always returns a GenerationOutput and always caches).
+        streamer=: HF's put/end protocol (transformers.TextStreamer, TextIteratorStreamer); steps
+        that accept several tokens push them together. Beam search also calls
+        streamer.put_hypotheses(row, token_ids, first_changed) when the streamer has it
+        (decoding.beam_streamer.BeamTextStreamer shows the best beam live).
+
+    Returns a GenerationOutput:
+        sequences: (B * num_return_sequences, T + new) ids, prompt included, HF's layout;
+        scores: per-step (B * n, V) scores when output_scores=True; sequences_scores: beam modes;
+        stats: new_tokens, prefill_tokens, target_forwards, draft_forwards, tau (tokens emitted
+            per target forward a row took part in: 1.0 for greedy, the speedup's upper bound for
+            speculative / parallel modes), accept_rate_by_position, wall_s and tokens_per_s (the
+            whole call, prefill included), kv_cache_bytes (peak).
+    """
     start = time.perf_counter()
     target = as_decoder(model)
     cfg, _ = resolve(target, kwargs)
