@@ -10,6 +10,8 @@ from pathlib import Path
 
 from models.artifacts import shipped
 
+from .capabilities import as_decoder
+
 EXIT_LOAD, EXIT_USAGE = 1, 2
 SMALL_MODEL = 50_000_000  # parameters; below this, one CPU thread decodes fastest
 
@@ -77,7 +79,6 @@ def check_writable(path, flag: str) -> None:
 def load_model(path, *, device, dtype, native: bool = False, flag: str = "--model"):
     """A native decoder (native checkpoints; HF Llama-family directories with native=True) or an HF
     causal LM (any other HF directory, run through the adapter). path None: the shipped target."""
-    import torch
     directory = Path(path) if path is not None else default_path("target")
     kind = model_type(directory, flag)
     try:
@@ -90,11 +91,11 @@ def load_model(path, *, device, dtype, native: bool = False, flag: str = "--mode
             model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     except Exception as e:  # safetensors, config and transformers errors: all "this cannot be loaded"
         raise CLIError(f"{flag}: cannot load a model from {directory}: {type(e).__name__}: {e}") from None
-    return model.eval() if isinstance(model, torch.nn.Module) else model
+    return model.eval()
 
 
 def vocab_size(model) -> int:
-    return int(getattr(model, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+    return as_decoder(model).vocab_size
 
 
 def check_tokenizer_path(path) -> None:

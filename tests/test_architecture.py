@@ -112,8 +112,8 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 # branch breaks cli <-> viz and loads bench scripts without importing bench; the HF drop-in's branch
 # owns decoding/config.py, whose model_defaults reads generation_config / config off the model
 # (models.protocol has it as the generation_defaults capability). Empty these on merge.
-PENDING_CYCLES = [["decoding.cli", "decoding.viz"]]
-PENDING_BENCH = {"decoding.cli"}
+PENDING_CYCLES = []
+PENDING_BENCH: set[str] = set()
 PENDING_PROBES = {"decoding.config"}
 
 

@@ -1,6 +1,5 @@
 """`python -m decoding generate / bench`: end to end on tiny models, errors with clear messages."""
 import argparse
-import ast
 import io
 import subprocess
 import sys
@@ -192,23 +191,3 @@ def test_bench_verb_without_the_bench_package(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "bench.__main__", raising=False)
     assert cli.main(["bench"]) == 1
     assert "bench/ scripts, which cannot be imported here" in capsys.readouterr().err
-
-
-def imports(module: str) -> set[str]:
-    """Every module a decoding/ file imports, at any depth of its code, relative imports resolved."""
-    tree = ast.parse((ROOT / "decoding" / f"{module}.py").read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = ("decoding." if node.level else "") + (node.module or "")
-            out |= {base.rstrip(".")} | {f"decoding.{a.name}" for a in node.names if node.level and not node.module}
-    return out
-
-
-def test_the_cli_modules_import_no_cycle_and_no_bench():
-    assert "decoding.cli" not in imports("viz") | imports("cli_common") | imports("beam_streamer")
-    assert not {m for m in imports("cli_common") if m.startswith("decoding")}
-    for module in ("cli", "cli_common", "viz", "beam_streamer", "api"):
-        assert not {m for m in imports(module) if m == "bench" or m.startswith("bench.")}, module
