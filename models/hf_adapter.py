@@ -49,6 +49,10 @@ class HFCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.size = 0
         self.has_holes = False  # host flag: no holes -> no 2D mask, as HF's own generate
+        # (B,) HF's position of a row's next token minus its real-token count: nonzero only where the
+        # prompt's positions are not the real-token count (right pads, caller's position_ids)
+        self.pos_shift: Tensor | None = None
+        self.recorder = None  # models.hf_outputs.Recorder of the current call, if it asks for outputs
 
     @property
     def batch_size(self) -> int:
@@ -124,21 +128,27 @@ class HFCache:
             raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
         if self.hf is not None and self.size:
             self.hf.reorder_cache(index)
+        self._rows(index, fan_out=False)
+
+    def _rows(self, index: Tensor, fan_out: bool) -> None:
         self.valid, self.lengths = self.valid[index], self.lengths[index]
+        if self.pos_shift is not None:
+            self.pos_shift = self.pos_shift[index]
+        if self.recorder is not None:
+            self.recorder.rows(index, fan_out)
 
     def select(self, index: Tensor) -> None:
         index = self._index(index, "select")
         if self.hf is not None and self.size:
             self.hf.batch_select_indices(index)
-        self.valid, self.lengths = self.valid[index], self.lengths[index]
+        self._rows(index, fan_out=False)
 
     def repeat(self, k: int) -> None:
         if k < 1:
             raise ValueError(f"repeat(k) needs k >= 1, got {k}")
         if self.hf is not None and self.size:
             self.hf.batch_repeat_interleave(k)
-        self.valid = self.valid.repeat_interleave(k, 0)
-        self.lengths = self.lengths.repeat_interleave(k, 0)
+        self._rows(torch.arange(self.batch_size, device=self.lengths.device).repeat_interleave(k), fan_out=True)
 
     def _index(self, index, name: str) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
@@ -176,6 +186,9 @@ class HFModel:
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
         self.embed_size = int(hf_model.get_input_embeddings().weight.shape[0])  # ids must be below this
         self.max_positions = getattr(text, "max_position_embeddings", None)
+        self.runs_past_max_positions = True  # as HF's generate: it warns, and the model decides
+        self.forwards = 0  # forwards run so far (decoding.hf: did a refusal come before any work?)
+        self.call = None  # CallInputs of the generate() call running now (decoding.hf_call binds it)
 
     @property
     def device(self):
@@ -191,9 +204,11 @@ class HFModel:
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> HFCache:
         """`max_len` = real tokens per row; HF's cache grows as needed (dtype follows the model)."""
-        if self.max_positions and max_len > self.max_positions:
-            raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
-        return HFCache(batch_size, max_len, device or self.device)
+        cache = HFCache(batch_size, max_len, device or self.device)
+        if self.call is not None:
+            cache.recorder = self.call.recorder
+            self.call.cache = cache
+        return cache
 
     def forward(self, input_ids: Tensor, cache: HFCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
@@ -217,13 +232,22 @@ class HFModel:
         if cache.size + T > cache.capacity and int((cache.lengths + n_new).max()) > cache.capacity:
             raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {T} new tokens > capacity "
                              f"{cache.capacity}; create the cache with a larger max_len")
+        call = self.call
+        if positions is None and cache.size == 0 and (new_valid is not None or call is not None and
+                                                      call.position_ids is not None):
+            positions = self._prompt_positions(input_ids, new_valid, call)  # HF's own rule
+            cache.pos_shift = positions[:, -1] + 1 - (T if new_valid is None else new_valid.sum(1))
         if positions is None:  # real tokens before each one; pads get 1 (valid for learned positions)
             if new_valid is None:
                 positions = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
             else:
                 positions = (cache.lengths.long()[:, None] + new_valid.cumsum(1) - 1).masked_fill(new_valid == 0, 1)
+            if cache.pos_shift is not None:
+                positions = positions + cache.pos_shift[:, None]
         mask = cache._claim(T, new_valid)
         kwargs = dict(position_ids=positions, use_cache=True, return_dict=True)
+        if call is not None:
+            kwargs.update(call.forward_kwargs(cache.size, B, T))
         if cache.has_holes:
             kwargs["attention_mask"] = mask
             if getattr(self.hf.config, "_attn_implementation", None) == "decoding_decode":
@@ -235,14 +259,53 @@ class HFModel:
             kwargs["cache_position"] = torch.arange(cache.size, cache.size + T, device=input_ids.device)
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
+        self.forwards += 1
         out = self.hf(input_ids=input_ids, **kwargs)
         hf_cache = out.get("cache", None)
         cache.hf = hf_cache if hf_cache is not None else out.get("past_key_values", None)
         cache.size += T
         cache.lengths += n_new if isinstance(n_new, int) else n_new.to(torch.int32)
+        if cache.recorder is not None:
+            cache.recorder.forward(out)
         logits = out.logits
         if logits_to_keep and not self.takes_logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits
 
     __call__ = forward
+
+    def _prompt_positions(self, input_ids: Tensor, valid: Tensor | None, call) -> Tensor:
+        """Positions of the prompt as HF's generate gives them: the caller's position_ids, else from
+        the attention mask by this transformers version's own rule (pads: 0 in 5.2x, 1 before)."""
+        if call is not None and call.position_ids is not None:
+            return call.position_ids.to(input_ids.device).long()
+        prepare = getattr(self.hf, "_prepare_position_ids_for_generation", None)
+        if prepare is not None:
+            return prepare(input_ids, {"attention_mask": valid}).to(input_ids.device).long()
+        return (valid.cumsum(1) - 1).masked_fill(valid == 0, 1)
+
+
+class CallInputs:
+    """Per-call model inputs HF's generate passes to every forward: token_type_ids (the prompt's,
+    then each row's last value for new tokens, as HF extends them), position_ids of the prompt, and
+    the output flags of the Recorder."""
+
+    def __init__(self, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, recorder=None):
+        self.token_type_ids, self.position_ids, self.recorder = token_type_ids, position_ids, recorder
+        self.cache = None  # the call's (first) cache, to return HF's object from it
+        self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
+
+    def forward_kwargs(self, cached: int, B: int, T: int) -> dict:
+        kw = {}
+        if self.token_type_ids is not None:
+            if cached == 0 and self.token_type_ids.shape[0] == B:
+                kw["token_type_ids"] = self.token_type_ids
+            else:  # rows r*k .. r*k+k-1 grew from prompt r
+                last = self.last_type.repeat_interleave(B // self.last_type.shape[0])
+                kw["token_type_ids"] = last[:, None].expand(B, T)
+        if self.recorder is not None:
+            if self.recorder.hidden:
+                kw["output_hidden_states"] = True
+            if self.recorder.attentions:
+                kw["output_attentions"] = True
+        return kw
