@@ -67,11 +67,11 @@ def bound(target, extra: dict, cfg, prompt):
     recorder = None
     if cfg.return_dict_in_generate and any(getattr(cfg, n) for n in OUTPUTS):
         from models.hf_outputs import Recorder
-        recorder = Recorder(bool(cfg.output_logits), bool(cfg.output_hidden_states), bool(cfg.output_attentions),
-                            full=cfg.use_cache is False)
+        recorder = Recorder(bool(cfg.output_logits), bool(cfg.output_hidden_states), bool(cfg.output_attentions))
     device = prompt.ids.device
     tt, pos = extra.get("token_type_ids"), extra.get("position_ids")
-    call = CallInputs(None if tt is None else tt.to(device), None if pos is None else pos.to(device), recorder)
+    call = CallInputs(None if tt is None else tt.to(device), None if pos is None else pos.to(device), recorder,
+                      no_cache=cfg.use_cache is False and _lockstep(cfg))
     target.call = call
     try:
         yield call

@@ -53,6 +53,7 @@ class HFCache:
         # prompt's positions are not the real-token count (right pads, caller's position_ids)
         self.pos_shift: Tensor | None = None
         self.recorder = None  # models.hf_outputs.Recorder of the current call, if it asks for outputs
+        self.history: dict[str, Tensor] = {}  # use_cache=False: every row's inputs so far (no HF cache)
 
     @property
     def batch_size(self) -> int:
@@ -134,6 +135,7 @@ class HFCache:
         self.valid, self.lengths = self.valid[index], self.lengths[index]
         if self.pos_shift is not None:
             self.pos_shift = self.pos_shift[index]
+        self.history = {name: t[index] for name, t in self.history.items()}
         if self.recorder is not None:
             self.recorder.rows(index, fan_out)
 
@@ -259,8 +261,11 @@ class HFModel:
             kwargs["cache_position"] = torch.arange(cache.size, cache.size + T, device=input_ids.device)
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
+        model_ids = input_ids
+        if call is not None and call.no_cache:
+            model_ids = self._rerun_all(cache, input_ids, kwargs, T, logits_to_keep)
         self.forwards += 1
-        out = self.hf(input_ids=input_ids, **kwargs)
+        out = self.hf(input_ids=model_ids, **kwargs)
         hf_cache = out.get("cache", None)
         cache.hf = hf_cache if hf_cache is not None else out.get("past_key_values", None)
         cache.size += T
@@ -270,7 +275,28 @@ class HFModel:
         logits = out.logits
         if logits_to_keep and not self.takes_logits_to_keep:
             logits = logits[:, -logits_to_keep:]
+        elif call is not None and call.no_cache:
+            logits = logits[:, -(logits_to_keep or T):]
         return logits
+
+    def _rerun_all(self, cache: HFCache, input_ids: Tensor, kwargs: dict, T: int, logits_to_keep: int) -> Tensor:
+        """HF's use_cache=False: this forward reads the whole sequence so far (ids, positions, token
+        types kept per row in `cache.history`) with no cache, as HF's generate reruns it each step."""
+        step = {"input_ids": input_ids, "position_ids": kwargs["position_ids"]}
+        if "token_type_ids" in kwargs:
+            step["token_type_ids"] = kwargs["token_type_ids"]
+        hist = cache.history
+        for name, t in step.items():
+            hist[name] = t if name not in hist else torch.cat([hist[name], t], 1)
+        kwargs.update(position_ids=hist["position_ids"], use_cache=False)
+        if "token_type_ids" in hist:
+            kwargs["token_type_ids"] = hist["token_type_ids"]
+        kwargs.pop(self.cache_kw, None)
+        if self.needs_cache_position:
+            kwargs["cache_position"] = torch.arange(cache.size + T, device=input_ids.device)
+        if self.takes_logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep or T
+        return hist["input_ids"]
 
     __call__ = forward
 
@@ -290,8 +316,10 @@ class CallInputs:
     then each row's last value for new tokens, as HF extends them), position_ids of the prompt, and
     the output flags of the Recorder."""
 
-    def __init__(self, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, recorder=None):
+    def __init__(self, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, recorder=None,
+                 no_cache: bool = False):
         self.token_type_ids, self.position_ids, self.recorder = token_type_ids, position_ids, recorder
+        self.no_cache = no_cache  # HF's use_cache=False: each forward reruns the whole sequence
         self.cache = None  # the call's (first) cache, to return HF's object from it
         self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
 
