@@ -31,9 +31,19 @@ def check(target, extra: dict, cfg) -> None:
     """NotImplementedError for model inputs and outputs the engine does not run in this call."""
     from models.hf_adapter import HFModel
     hf = isinstance(target, HFModel)
-    for name in ("inputs_embeds", "past_key_values", "cache", "cache_position"):
-        if extra.get(name) is not None:
-            raise _not_implemented(name, "is not implemented by the engine yet")
+    if extra.get("cache_position") is not None:
+        raise _not_implemented("cache_position", "is not implemented by the engine")
+    past = _past(extra)
+    if past is not None:
+        name = "cache" if extra.get("cache") is not None else "past_key_values"
+        if not hf or type(past).__name__ != "DynamicCache":
+            raise _not_implemented(name, f"as a {type(past).__name__} is not continued by the engine (a DynamicCache is)")
+        if not _lockstep(cfg) or cfg.num_beams > 1 or cfg.num_return_sequences > 1 or cfg.use_cache is False:
+            raise _not_implemented(name, "is continued with greedy decoding or sampling (one sequence per prompt)")
+    if extra.get("inputs_embeds") is not None:
+        if not hf or not _lockstep(cfg) or past is not None:
+            raise _not_implemented("inputs_embeds", "is taken with greedy, sampling and beam search on Hugging Face "
+                                   "models, without a past cache")
     for name in ("token_type_ids", "position_ids"):
         if extra.get(name) is not None:
             if not hf:
@@ -50,11 +60,25 @@ def check(target, extra: dict, cfg) -> None:
             raise _not_implemented(asked[0], "is recorded with greedy, sampling and beam search only")
 
 
+def _past(extra: dict):
+    return extra.get("cache") if extra.get("cache") is not None else extra.get("past_key_values")
+
+
 def check_shapes(extra: dict, prompt) -> None:
     for name in ("token_type_ids", "position_ids"):
         t = extra.get(name)
         if t is not None and tuple(t.shape) != tuple(prompt.given.shape):
             raise _not_implemented(name, f"of shape {tuple(t.shape)} (not input_ids' {tuple(prompt.given.shape)})")
+    embeds = extra.get("inputs_embeds")
+    if embeds is not None and (not isinstance(embeds, Tensor) or embeds.dim() != 3
+                               or tuple(embeds.shape[:2]) != tuple(prompt.given.shape)):
+        raise _not_implemented("inputs_embeds", "is taken alongside input_ids of the same [batch, length] only")
+    past = _past(extra)
+    if past is not None:
+        cached = past.get_seq_length()
+        if past.layers and (cached >= prompt.width or past.layers[0].keys is None
+                            or past.layers[0].keys.shape[0] != prompt.batch_size):
+            raise _not_implemented("past_key_values", "must hold fewer tokens than input_ids, one row per prompt")
 
 
 @contextmanager
@@ -70,8 +94,11 @@ def bound(target, extra: dict, cfg, prompt):
         recorder = Recorder(bool(cfg.output_logits), bool(cfg.output_hidden_states), bool(cfg.output_attentions))
     device = prompt.ids.device
     tt, pos = extra.get("token_type_ids"), extra.get("position_ids")
+    embeds = extra.get("inputs_embeds")
     call = CallInputs(None if tt is None else tt.to(device), None if pos is None else pos.to(device), recorder,
-                      no_cache=cfg.use_cache is False and _lockstep(cfg))
+                      # HF turns the cache on for inputs_embeds prompts
+                      no_cache=cfg.use_cache is False and _lockstep(cfg) and embeds is None,
+                      inputs_embeds=embeds, past=_past(extra))
     target.call = call
     try:
         yield call

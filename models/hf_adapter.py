@@ -216,9 +216,16 @@ class HFModel:
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         """Append T new tokens (real where attention_mask is 1) to `cache`; logits (B, T', V)."""
         check_input_ids(input_ids, self.embed_size)
-        B, T = input_ids.shape
         if not isinstance(cache, HFCache):
             raise TypeError(f"cache must come from model.new_cache(), got {type(cache).__name__}")
+        call = self.call
+        embeds = None
+        if call is not None and cache.size == 0:
+            if call.past is not None:
+                input_ids, attention_mask, positions = self._continue(cache, call, input_ids, attention_mask)
+            elif call.inputs_embeds is not None:
+                embeds = call.inputs_embeds
+        B, T = input_ids.shape
         if cache.batch_size != B or T == 0:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} does not fit a cache of {cache.batch_size} rows")
         if attention_mask is None:
@@ -234,7 +241,6 @@ class HFModel:
         if cache.size + T > cache.capacity and int((cache.lengths + n_new).max()) > cache.capacity:
             raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {T} new tokens > capacity "
                              f"{cache.capacity}; create the cache with a larger max_len")
-        call = self.call
         if positions is None and cache.size == 0 and (new_valid is not None or call is not None and
                                                       call.position_ids is not None):
             positions = self._prompt_positions(input_ids, new_valid, call)  # HF's own rule
@@ -265,7 +271,10 @@ class HFModel:
         if call is not None and call.no_cache:
             model_ids = self._rerun_all(cache, input_ids, kwargs, T, logits_to_keep)
         self.forwards += 1
-        out = self.hf(input_ids=model_ids, **kwargs)
+        if embeds is not None:
+            out = self.hf(inputs_embeds=embeds.to(device=input_ids.device, dtype=self.hf.dtype), **kwargs)
+        else:
+            out = self.hf(input_ids=model_ids, **kwargs)
         hf_cache = out.get("cache", None)
         cache.hf = hf_cache if hf_cache is not None else out.get("past_key_values", None)
         cache.size += T
@@ -278,6 +287,23 @@ class HFModel:
         elif call is not None and call.no_cache:
             logits = logits[:, -(logits_to_keep or T):]
         return logits
+
+    def _continue(self, cache: HFCache, call, input_ids: Tensor, attention_mask: Tensor | None):
+        """Start from the caller's cache of the prompt's first S tokens: HF's own object (updated in
+        place, as HF's generate does), validity from the prompt's mask; the rest of the prompt is fed,
+        at the positions HF gives it (its rule over the whole prompt, cut after S)."""
+        past = call.past
+        S = past.get_seq_length()
+        B, T = input_ids.shape
+        full = torch.ones(B, T, dtype=torch.long, device=input_ids.device) if attention_mask is None \
+            else attention_mask.long()
+        positions = self._prompt_positions(input_ids, full, call)
+        cache._claim(S, full[:, :S])
+        cache.hf, cache.size = past, S
+        cache.lengths += full[:, :S].sum(1).to(torch.int32)
+        cache.has_holes = not bool(full[:, :S].all())
+        cache.pos_shift = positions[:, -1] + 1 - full.sum(1)
+        return input_ids[:, S:], None if attention_mask is None else attention_mask[:, S:], positions[:, S:]
 
     def _rerun_all(self, cache: HFCache, input_ids: Tensor, kwargs: dict, T: int, logits_to_keep: int) -> Tensor:
         """HF's use_cache=False: this forward reads the whole sequence so far (ids, positions, token
@@ -317,9 +343,11 @@ class CallInputs:
     the output flags of the Recorder."""
 
     def __init__(self, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, recorder=None,
-                 no_cache: bool = False):
+                 no_cache: bool = False, inputs_embeds: Tensor | None = None, past=None):
         self.token_type_ids, self.position_ids, self.recorder = token_type_ids, position_ids, recorder
         self.no_cache = no_cache  # HF's use_cache=False: each forward reruns the whole sequence
+        self.inputs_embeds = inputs_embeds  # the prompt's embeddings: the prefill reads them, not its ids
+        self.past = past  # the caller's DynamicCache holding the prompt's first tokens: continued in place
         self.cache = None  # the call's (first) cache, to return HF's object from it
         self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
 

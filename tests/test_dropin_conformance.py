@@ -227,3 +227,37 @@ def test_engine_refusal_goes_to_hf_which_raises_its_own_error():
             model.generate(torch.tensor([[5, 6, 7, 8]]), max_length=3)
     finally:
         decoding.hf.uninstall(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inputs_embeds_prompt(family):
+    model = tiny(family)
+    ids, mask = holed_inputs()
+    embeds = model.get_input_embeddings()(ids).detach() + 0.05  # not the ids' own: the embeds must be read
+    for mode in (dict(do_sample=False), dict(num_beams=2)):
+        ref, out = run_both(model, input_ids=ids, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4,
+                            return_dict_in_generate=True, output_scores=True, **mode)
+        same_output(ref, out)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_continue_from_callers_dynamic_cache(family):
+    from transformers import DynamicCache
+    model = tiny(family)
+    ids, mask = holed_inputs(length=9)
+    key = "cache" if "cache" in __import__("inspect").signature(model.forward).parameters else "past_key_values"
+    results = []
+    for install in (False, True):
+        past = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :6], attention_mask=mask[:, :6], use_cache=True, **{key: past})
+        if install:
+            decoding.hf.install(model)
+            decoding.hf.reset_counts()
+        try:
+            results.append(model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                          return_dict_in_generate=True, output_scores=True, **{key: past}))
+        finally:
+            decoding.hf.uninstall(model)
+    assert decoding.hf.counts()["engine"] == 1
+    same_output(*results)
