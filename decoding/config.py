@@ -103,11 +103,10 @@ HF_OTHER = {
     "use_mtp": (None, False), "assistant_early_exit": (None,), "stopping_criteria": (None, ()),
     "prefix_allowed_tokens_fn": (None,), "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,),
     "synced_gpus": (None, False), "custom_generate": (None,), "assistant_tokenizer": (None,),
-    "compile_config": (None,),
 }
 
 # HF arguments that cannot change the result here: accepted and ignored.
-IGNORED = {"cache_config", "disable_compile", "trust_remote_code",
+IGNORED = {"cache_config", "disable_compile", "compile_config", "trust_remote_code",
            "return_legacy_cache", "is_assistant", "assistant_lookbehind",
            "target_lookbehind", "decoder_start_token_id", "use_model_defaults", "prefill_chunk_size"}
 
@@ -234,6 +233,10 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     check_supported(cfg)
     validate(cfg)
     warn_idle(cfg, explicit)
+    compile_config = kwargs.get("compile_config", from_obj.get("compile_config"))
+    if compile_config is not None:  # HF compiles only static caches, which fall back (cache_implementation)
+        warnings.warn("You have set `compile_config`, but we are unable to meet the criteria for compilation. "
+                      "Compilation will be skipped.", UserWarning, stacklevel=3)
     return cfg, explicit
 
 

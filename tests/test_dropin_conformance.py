@@ -261,3 +261,12 @@ def test_continue_from_callers_dynamic_cache(family):
             decoding.hf.uninstall(model)
     assert decoding.hf.counts()["engine"] == 1
     same_output(*results)
+
+
+def test_compile_config_with_a_dynamic_cache_runs_uncompiled_as_hf():
+    from transformers import CompileConfig
+    model = tiny("llama")
+    with pytest.warns(UserWarning, match="compile_config"):
+        ref, out = run_both(model, input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False,
+                            compile_config=CompileConfig())
+    same_output(ref, out)
