@@ -3,12 +3,13 @@ to a strategy (docs/DESIGN.md 2)."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import strategies
+from . import hf_call, strategies
 from .capabilities import as_decoder, check_positions
 from .config import resolve
 from .output import GenerationOutput
@@ -95,9 +96,10 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
             if empty:
                 raise ValueError(f"input_ids row {empty[0]} is empty (attention_mask all 0): every prompt "
                                  "needs at least one token")
-            if not bool(mask[:, -1].all()):
-                raise ValueError("input_ids is right-padded (attention_mask has 0 in the last column); decoder-only "
-                                 "generation needs left padding: tokenizer.padding_side = 'left'")
+            if ids.shape[0] > 1 and not bool(mask[:, -1].all()):  # HF warns and runs (the mask keeps it exact)
+                warnings.warn("A decoder-only architecture is being used, but right-padding was detected! For correct "
+                              "generation results, please set `padding_side='left'` when initializing the tokenizer.",
+                              UserWarning, stacklevel=3)
     else:
         raise TypeError(f"input_ids must be a LongTensor [batch, length] or a list of token-id lists, "
                         f"got {type(input_ids).__name__}")
@@ -112,7 +114,8 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
         mask = None
     lengths = mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
     safe = pad if 0 <= pad < embed_size else 0
-    model_ids = ids if mask is None else ids.masked_fill(~mask, safe)
+    # the model reads pads as given (HF does; a right pad's logits are the next token's), unless not an id
+    model_ids = ids if mask is None else ids.masked_fill(~mask & ((ids < 0) | (ids >= embed_size)), safe)
     return Prompt(given=ids.to(device), ids=model_ids.to(device), mask=None if mask is None else mask.to(device),
                   lengths=lengths.to(device), max_len=int(lengths.max()), embed_size=embed_size)
 
@@ -122,7 +125,7 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     padded prompt), then the position limit."""
     T = prompt.width
     limit = model.max_positions
-    if prompt.max_len > (limit or prompt.max_len):
+    if prompt.max_len > (limit or prompt.max_len) and not model.runs_past_max_positions:
         raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
                          f"{limit} positions (max_position_embeddings); shorten the prompt")
     if cfg.max_new_tokens is not None:
@@ -152,7 +155,7 @@ def _stop_strings(cfg):
     return StopStrings(cfg.stop_strings, tok)
 
 
-def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutput:
+def generate(model, input_ids=None, attention_mask=None, **kwargs) -> GenerationOutput:
     """Generate from `model` (an HF causal LM or a native decoder) with Hugging Face's arguments.
 
     Exactly HF's answer, faster: greedy and beam search are token-identical to HF `generate` in
@@ -167,9 +170,11 @@ def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutpu
     Input:
         model: an HF causal LM (run through an adapter) or a native decoder (models.LlamaDecoder,
             models.yoco.YOCODecoder; anything with vocab_size, new_cache() and forward()).
-        input_ids: a (B, T) LongTensor, left-padded, or a list of B token-id lists of any lengths
-            (left-padded for you; then leave attention_mask out).
-        attention_mask: (B, T) 0/1 for a padded tensor batch; pads must be on the left.
+        input_ids (or inputs=, as HF names it): a (B, T) LongTensor, or a list of B token-id lists
+            of any lengths (left-padded for you; then leave attention_mask out); None starts from
+            [[bos_token_id]] as HF does.
+        attention_mask: (B, T) 0/1 for a padded tensor batch; left padding is the norm, right
+            padding and holes run as HF runs them (with HF's warning).
 
     Length and stopping:
         max_new_tokens [max_length=20 counting the prompt], min_new_tokens, max_length, min_length;
@@ -218,17 +223,28 @@ def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutpu
             whole call, prefill included), kv_cache_bytes (peak).
     """
     start = time.perf_counter()
+    if "inputs" in kwargs:
+        inputs = kwargs.pop("inputs")
+        if input_ids is not None and inputs is not None:
+            raise ValueError("the prompt was passed twice (`inputs` and `input_ids`); pass one of them")
+        input_ids = inputs if inputs is not None else input_ids
     target = as_decoder(model)
+    extra = {k: kwargs.pop(k) for k in hf_call.MODEL_INPUTS if k in kwargs}  # HF's model kwargs
     cfg, _ = resolve(target, kwargs)
+    hf_call.check(target, extra, cfg)
+    if input_ids is None:
+        raise ValueError("input_ids is required: pass the prompt's token ids [batch, length]")
     prompt = prepare_prompt(input_ids, attention_mask, target, cfg)
+    hf_call.check_shapes(extra, prompt)
     plan_lengths(cfg, prompt, target)
     stop = _stop_strings(cfg)
     if cfg.generator is not None and cfg.generator.device.type != prompt.ids.device.type:
         raise ValueError(f"generator is on {cfg.generator.device}, the model on {prompt.ids.device}; "
                          "create the generator on the model's device")
     run = strategies.select(cfg)
-    with torch.inference_mode():
+    with torch.inference_mode(), hf_call.bound(target, extra, cfg, prompt) as call:
         out = run(target, prompt, cfg, stop)
+    hf_call.attach(out, call, cfg)
     stats = out.stats
     stats.prefill_tokens = int(prompt.lengths.sum())
     stats.wall_s = time.perf_counter() - start

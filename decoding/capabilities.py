@@ -4,6 +4,8 @@ nothing here looks at what kind of model it is.
 """
 from __future__ import annotations
 
+import warnings
+
 from models.adapt import as_decoder  # the one door into the protocol (HF adapter, declared defaults)
 from models.heads import default_heads, load_heads
 
@@ -40,7 +42,11 @@ def check_rollback(k: int, name: str, rows: int, longest: int, **models) -> None
 def check_positions(model, longest_prompt: int, max_new: int, name: str = "the model") -> None:
     """The longest prompt plus max_new_tokens must fit the model's position limit."""
     limit = model.max_positions
-    if limit and longest_prompt + max_new > limit:
+    if limit and longest_prompt + max_new > limit and model.runs_past_max_positions:
+        warnings.warn("This is a friendly reminder - the current text generation call will exceed the model's "
+                      f"predefined maximum length ({limit}). Depending on the model, you may observe exceptions, "
+                      "performance degradation, or nothing at all.", UserWarning, stacklevel=4)  # HF's words
+    elif limit and longest_prompt + max_new > limit:
         raise ValueError(f"the prompt ({longest_prompt} tokens) + max_new_tokens ({max_new}) exceeds {name}'s "
                          f"{limit} positions (max_position_embeddings); lower max_new_tokens")
 

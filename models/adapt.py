@@ -51,6 +51,8 @@ class Declared:
         self.device = _device(model)
         config = getattr(model, "config", None)
         self.max_positions = getattr(model, "max_positions", getattr(config, "max_seq_len", None))
+        self.runs_past_max_positions = getattr(model, "runs_past_max_positions", False)
+        self.hf_passthrough = False
         self.max_rollback = getattr(model, "max_rollback", None)
         self.rollback_window = getattr(model, "rollback_window", None)
         self.returns_hidden = getattr(model, "returns_hidden", None)

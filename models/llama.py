@@ -108,6 +108,8 @@ class LlamaDecoder(nn.Module):
     max_rollback = None
     rollback_window = None
     returns_hidden = True
+    runs_past_max_positions = False  # the rope table and the cache end at max_seq_len
+    hf_passthrough = False
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()

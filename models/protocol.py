@@ -38,11 +38,17 @@ class DecoderModel(Protocol):
     embed_size: int  # input ids must lie below this (an HF embedding may be padded past vocab_size)
     device: torch.device
     max_positions: int | None  # longest row the model can position (prompt + generated); None: no limit
+    # True: past max_positions the model still runs (HF models: HF's generate warns and goes on);
+    # False: max_positions is a hard limit (native rope tables and caches end there)
+    runs_past_max_positions: bool
     # the caches' truncate bound (Cache.max_rollback), known before a cache exists; None: unbounded
     max_rollback: int | None
     # a cache that forgets keys once a row holds this many slots (HF sliding-window layers): it rolls
     # back only in runs shorter than this, and only by the same count in every row; None: no such limit
     rollback_window: int | None
+    # forward takes HF's per-call model inputs (token_type_ids, position_ids, inputs_embeds, a caller's
+    # past cache) and records HF's per-step outputs: the HF adapter (models/hf_adapter.CallInputs)
+    hf_passthrough: bool
     returns_hidden: bool  # forward(..., return_hidden=True) -> (logits, final-norm hidden (B, T', dim))
     generation_defaults: dict  # the model's own generation settings (eos/pad/bos at least, when known)
 
@@ -52,8 +58,8 @@ class DecoderModel(Protocol):
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor: ...
 
 
-CAPABILITIES = ("embed_size", "device", "max_positions", "max_rollback", "rollback_window", "returns_hidden",
-                "generation_defaults")
+CAPABILITIES = ("embed_size", "device", "max_positions", "runs_past_max_positions", "max_rollback",
+                "rollback_window", "hf_passthrough", "returns_hidden", "generation_defaults")
 
 
 def special_tokens(config) -> dict:

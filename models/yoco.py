@@ -166,6 +166,8 @@ class YOCODecoder(nn.Module):
     """Decoder-decoder. `forward` follows the model protocol; `forward_train` is cache-free."""
     rollback_window = None  # capabilities (models/protocol.py); max_rollback is the rings' slack
     returns_hidden = True
+    runs_past_max_positions = False
+    hf_passthrough = False
 
     def __init__(self, cfg: YOCOConfig):
         super().__init__()

@@ -191,7 +191,6 @@ class NoForward:
     (dict(num_beams=4, length_penalty="long"), ValueError, "length_penalty"),
     (dict(num_beams=4, num_beam_groups=2, diversity_penalty=-1.0), ValueError, "diversity_penalty"),
     (dict(num_beams=4, num_beam_groups=0), ValueError, "num_beam_groups"),
-    (dict(num_beams=4, do_sample=True), NotImplementedError, "beam sampling"),
 ])
 def test_bad_beam_settings_fail_before_work(kw, exc, pattern):
     with pytest.raises(exc, match=pattern):

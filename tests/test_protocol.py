@@ -56,6 +56,9 @@ def test_max_positions_is_the_cache_limit(pair):
         assert m.max_positions == 48
         return
     m.new_cache(1, m.max_positions)
+    if m.runs_past_max_positions:  # HF models run past it (HF's generate warns): their cache takes more
+        m.new_cache(1, m.max_positions + 1)
+        return
     with pytest.raises(ValueError, match="max_len"):
         m.new_cache(1, m.max_positions + 1)
 
