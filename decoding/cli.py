@@ -124,11 +124,15 @@ def cmd_generate(args) -> int:
         device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:
         raise CLIError(f"--device {args.device}: {e}", EXIT_USAGE) from None
+    if args.tensor_parallel:  # under torchrun: join the world, load this rank's shard (decoding/cli_parallel.py)
+        from .cli_parallel import join, load_sharded
+        device = join(args.device)
     # fp16 matmuls are slow on CPUs: the shipped fp16 weights run in fp32 there unless asked otherwise
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     if args.dtype == "auto" and device.type == "cpu":
         dtype = torch.float32
-    model = load_model(args.model, device=device, dtype=dtype, native=args.native)
+    model = (load_sharded(args.model or SHIPPED / "target", device=device, dtype=dtype, native=args.native)
+             if args.tensor_parallel else load_model(args.model, device=device, dtype=dtype, native=args.native))
     if args.threads:
         torch.set_num_threads(args.threads)
     elif device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
@@ -192,6 +196,8 @@ def _add_generate(sub) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when there is one)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype (auto: float32 on CPU, the checkpoint's own on GPU)")
+    g.add_argument("--tensor-parallel", action="store_true", help="shard the model over the processes of torchrun "
+                   "(torchrun --nproc-per-node N -m decoding generate --tensor-parallel ...); rank 0 prints")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one for models under 50M "
                    "parameters, else torch's default)")
     g = p.add_argument_group("prompt and length")

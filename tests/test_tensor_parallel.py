@@ -130,3 +130,26 @@ def test_dead_rank_raises_instead_of_hanging(work):
     assert time.monotonic() - t0 < 120
     err = out[0].get("error", out[0].get("crash", ""))
     assert err and err != "no error", out[0]
+
+
+def _cli_text(stdout: str) -> str:
+    """The completion as printed, without the stats line (its timings differ)."""
+    return "\n".join(l for l in stdout.splitlines() if not l.startswith("[") and not l.startswith("*"))
+
+
+def test_cli_torchrun_prints_once_and_matches_one_process():
+    args = ["-m", "decoding", "generate", "--prompt", "def fibonacci(n):", "--max-new-tokens", "12", "--ignore-eos"]
+    root = WORKER.parent.parent
+    one = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=120)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *args, "--tensor-parallel"], cwd=root, capture_output=True, text=True, timeout=180)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert _cli_text(two.stdout) == _cli_text(one.stdout)  # rank 0's stream alone, tp = 1's text
+    assert two.stdout.count("new tokens in") == 1
+
+
+def test_cli_without_torchrun_is_a_usage_error(capsys, monkeypatch):
+    from decoding import cli
+    monkeypatch.delenv("RANK", raising=False)
+    assert cli.main(["generate", "--tensor-parallel", "--prompt", "x"]) == cli.EXIT_USAGE
+    assert "runs under torchrun" in capsys.readouterr().err

@@ -118,11 +118,13 @@ def main(mode: str, rank: int, world: int, rendezvous: str, work: str) -> None:
     try:
         from models import checkpoint
         from models.parallel import load_tensor_parallel, tensor_parallel, weight_bytes
-        if mode == "dead":
+        if mode == "dead":  # rank 1 dies after loading, rank 0 then decodes
+            from decoding import generate
+            model = load_tensor_parallel(SHIPPED / "target", dtype=F32)
             if rank == 1:
                 os._exit(3)
             t0 = time.perf_counter()
-            result["error"] = error_of(lambda: load_tensor_parallel(SHIPPED / "target", dtype=F32))
+            result["error"] = error_of(lambda: generate(model, prompt()[0][:1], max_new_tokens=50))
             result["seconds"] = time.perf_counter() - t0
         else:
             m = {"target": load_tensor_parallel(SHIPPED / "target", dtype=F32),
