@@ -269,7 +269,7 @@ def model_fingerprint(model) -> str:
     """Config, tensor names/shapes/dtypes and a float64 sum of every tensor."""
     h = hashlib.sha256()
     cfg = getattr(model, "config", None)
-    h.update(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg), sort_keys=True).encode())
+    h.update(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg), sort_keys=True, default=str).encode())
     h.update(type(model).__name__.encode())
     if isinstance(model, nn.Module):
         for name, t in model.state_dict().items():

@@ -67,14 +67,18 @@ def ranks(work):
 
 @pytest.fixture(scope="module")
 def oracle(work):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: the same kernels
-    models = tp_worker.oracle_models(work)
-    return models, tp_worker.scenarios(models)
+    try:
+        models = tp_worker.oracle_models(work)
+        yield models, tp_worker.scenarios(models)
+    finally:
+        torch.set_num_threads(threads)
 
 
 NAMES = ["target_greedy", "target_sample", "target_beam", "target_diverse_beam", "target_greedy_one",
          "target_spec_draft_replicated", "target_spec_draft_sharded", "target_prompt_lookup", "target_jacobi",
-         "target_blockwise", "draft_greedy", "draft_beam", "qwen2_greedy", "qwen2_beam", "qwen2_sample",
+         "target_gs_jacobi", "target_sjd", "target_blockwise", "draft_greedy", "draft_beam", "qwen2_greedy", "qwen2_beam", "qwen2_sample",
          "yoco_greedy"]
 
 
@@ -90,7 +94,7 @@ def test_speculative_and_parallel_modes_equal_greedy(ranks, oracle):
     greedy = ref["target_greedy_one"]
     for r in ranks:
         for name in ("target_spec_draft_replicated", "target_spec_draft_sharded", "target_prompt_lookup",
-                     "target_jacobi", "target_blockwise"):
+                     "target_jacobi", "target_gs_jacobi", "target_blockwise"):
             assert r["sequences"][name] == greedy, f"rank {r['rank']}: {name} is not the greedy output"
 
 

@@ -65,6 +65,8 @@ def scenarios(m: dict) -> dict:
     run("target_spec_draft_sharded", t, one, assistant_model=m["draft"], num_assistant_tokens=3, max_new_tokens=12)
     run("target_prompt_lookup", t, one, prompt_lookup_num_tokens=3, max_new_tokens=12)
     run("target_jacobi", t, one, strategy="jacobi", block_size=4, max_new_tokens=12)
+    run("target_gs_jacobi", t, one, strategy="gs_jacobi", block_size=4, max_new_tokens=12)
+    run("target_sjd", t, one, strategy="sjd", block_size=4, do_sample=True, seed=5, max_new_tokens=12)
     run("target_blockwise", t, one, strategy="blockwise", heads=str(SHIPPED / "heads"), max_new_tokens=12)
     run("draft_greedy", m["draft"], ids)
     run("draft_beam", m["draft"], one, num_beams=3, max_new_tokens=8)
