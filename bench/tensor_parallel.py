@@ -10,7 +10,9 @@ tp = 1 is the unsharded model in one process; tp = 2 is two ranks that each load
 prompt ids; tokens/s = batch x new tokens / wall time of the whole call (prefill included), median
 of --runs calls after one warm-up; the ranks meet at a barrier before each call. Per decode step:
 wall ms, and ms inside collectives on rank 0 (all-reduces + the logits all-gather; with gloo on CPU
-this includes waiting for the slower rank). `match`: tp = 2 returned tp = 1's tokens.
+this includes waiting for the slower rank); `allreduce_us`: one all-reduce of a (1, 1, dim) activation
+timed alone (mean of 200), the floor a collective costs on this machine. `match`: tp = 2 returned
+tp = 1's tokens. CPU only: NCCL on several GPUs is not measured here.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 SHIPPED_TARGET = ROOT.parent / "models" / "shipped" / "target"
 COLUMNS = ["model", "params_m", "batch", "tp", "tok_s", "speedup", "step_ms", "comm_ms_per_step",
-           "collectives_per_step", "weight_mb_per_rank", "weight_frac", "match"]
+           "collectives_per_step", "allreduce_us", "weight_mb_per_rank", "weight_frac", "match"]
 
 
 def config_125m(smoke: bool):
@@ -58,6 +60,14 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out: str) -> None
         model = checkpoint.load(spec["checkpoint"], dtype=torch.float32)
         barrier = lambda: None  # noqa: E731
     comm = getattr(model, "comm", None)
+    latency_us = None
+    if comm:  # one all-reduce of a decode step's activation (1, 1, dim) alone: the floor of a collective here
+        x = torch.zeros(1, 1, model.config.dim)
+        for i in range(220):
+            if i == 20:
+                t0 = time.perf_counter()
+            dist.all_reduce(x)
+        latency_us = 1e6 * (time.perf_counter() - t0) / 200
     rows = []
     N, P = spec["new_tokens"], spec["prompt_len"]
     for B in spec["batches"]:
@@ -78,7 +88,7 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out: str) -> None
         wall = statistics.median(walls)
         rows.append(dict(batch=B, tp=world, tok_s=B * N / wall, wall_s=walls, step_ms=1e3 * wall / forwards,
                          comm_ms_per_step=1e3 * statistics.median(comms) / forwards,
-                         collectives_per_step=calls / forwards, weight_bytes=weight_bytes(model),
+                         collectives_per_step=calls / forwards, allreduce_us=latency_us, weight_bytes=weight_bytes(model),
                          params=sum(p.numel() for p in model.parameters()), sequences=seqs))
     if rank == 0:
         Path(out).write_text(json.dumps(rows))
@@ -144,7 +154,9 @@ def render(results: dict) -> str:
     m = results["machine"]
     head = (f"Tensor parallelism on CPU, tp = 1 vs tp = 2 (gloo, one process per core, 1 thread each), greedy fp32, "
             f"{results['new_tokens']} new tokens after a {results['prompt_len']}-token prompt, median of "
-            f"{results['runs']} runs: {m['device']}, torch {m['torch']}, Python {m['python']}")
+            f"{results['runs']} runs: {m['device']}, torch {m['torch']}, Python {m['python']}. "
+            "comm_ms_per_step: time inside collectives on rank 0 per decode step (waits for the slower rank "
+            "included); allreduce_us: one all-reduce alone. No multi-GPU machine: no NCCL numbers.")
     rows = [{**r, "speedup": f"{r['speedup']:.2f}x", "weight_frac": f"{r['weight_frac']:.3f}"} for r in results["rows"]]
     return head + "\n\n" + markdown_table(rows, COLUMNS)
 

@@ -18,6 +18,8 @@ def join(device_arg: str):
     cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
     if device_arg not in ("auto", "cpu") and not device_arg.startswith("cuda"):
         raise CLIError(f"--device {device_arg}: --tensor-parallel runs on cpu or cuda", EXIT_USAGE)
+    if cuda and not torch.cuda.is_available():
+        raise CLIError(f"--device {device_arg}: no CUDA device here; use --device cpu (gloo)", EXIT_USAGE)
     from models.parallel import init_distributed
     device = init_distributed("nccl" if cuda else "gloo")
     if int(os.environ["RANK"]) != 0:
