@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -92,7 +93,6 @@ def worker(rank: int, world: int, rendezvous: str, spec: dict, out: str) -> None
                          params=sum(p.numel() for p in model.parameters()), sequences=seqs))
     if rank == 0:
         Path(out).write_text(json.dumps(rows))
-    import os
     os._exit(0)  # skip gloo's teardown
 
 
@@ -115,7 +115,7 @@ def run(smoke: bool, out_dir, runs, batches, new_tokens, prompt_len, models):
     runs = runs or (1 if smoke else 3)
     new_tokens = new_tokens or (8 if smoke else 64)
     prompt_len = prompt_len or (8 if smoke else 32)
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tp_bench_") as tmp:
         work = Path(tmp)
@@ -141,8 +141,11 @@ def run(smoke: bool, out_dir, runs, batches, new_tokens, prompt_len, models):
     order = [name for name, _ in todo]
     rows.sort(key=lambda r: (order.index(r["model"]), r["batch"], r["tp"]))
     info = machine()
-    info["threads"] = 1  # per process
+    info.update(threads=1, cpus=os.cpu_count())  # threads per process
+    # the 1-minute load average before and after: the ranks run in lockstep, so other processes on the
+    # cores (a shared machine) stretch every collective; read the numbers with it
     results = dict(smoke=smoke, runs=runs, new_tokens=new_tokens, prompt_len=prompt_len, machine=info, rows=rows,
+                   load_average=[round(load_start, 2), round(os.getloadavg()[0], 2)],
                    seconds=round(time.perf_counter() - t_start, 1))
     out = Path(out_dir) if out_dir else ROOT / "results" / "cpu"
     write_results(out, "tensor_parallel", results, render(results))
@@ -154,7 +157,8 @@ def render(results: dict) -> str:
     m = results["machine"]
     head = (f"Tensor parallelism on CPU, tp = 1 vs tp = 2 (gloo, one process per core, 1 thread each), greedy fp32, "
             f"{results['new_tokens']} new tokens after a {results['prompt_len']}-token prompt, median of "
-            f"{results['runs']} runs: {m['device']}, torch {m['torch']}, Python {m['python']}. "
+            f"{results['runs']} runs: {m['device']}, torch {m['torch']}, Python {m['python']}; load average "
+            f"{results['load_average'][0]} before, {results['load_average'][1]} after ({m.get('cpus', '?')} CPUs). "
             "comm_ms_per_step: time inside collectives on rank 0 per decode step (waits for the slower rank "
             "included); allreduce_us: one all-reduce alone. No multi-GPU machine: no NCCL numbers.")
     rows = [{**r, "speedup": f"{r['speedup']:.2f}x", "weight_frac": f"{r['weight_frac']:.3f}"} for r in results["rows"]]

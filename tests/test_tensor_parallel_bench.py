@@ -15,4 +15,5 @@ def test_smoke_writes_json_and_markdown(tmp_path):
         if r["tp"] == 2:  # the tiny config: 2 layers, untied vocab-sharded embedding and head
             assert r["weight_frac"] <= 0.55 and r["collectives_per_step"] == 2 * 2 + 2
             assert r["comm_ms_per_step"] > 0
+    assert len(results["load_average"]) == 2
     assert "| random tiny |" in (tmp_path / "tensor_parallel.md").read_text()
