@@ -170,6 +170,9 @@ def main(argv=None):
     if argv[:1] == ["--worker"]:
         _, rank, world, rdv, spec, out = argv
         return worker(int(rank), int(world), rdv, json.loads(spec), out)
+    if "RANK" in os.environ and "--help" not in argv:
+        print("error: bench/tensor_parallel.py starts its own rank processes: run it without torchrun", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(prog="python -m bench.tensor_parallel", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a tiny random model and the shipped target, 1 run, 8 tokens")

@@ -15,7 +15,7 @@ import torch
 
 import tp_worker
 from models import DecoderConfig, LlamaDecoder, checkpoint
-from models.parallel import weight_bytes
+from models.parallel import tensor_parallel, weight_bytes
 
 WORKER = Path(tp_worker.__file__)
 WORLD = 2
@@ -157,3 +157,9 @@ def test_cli_without_torchrun_is_a_usage_error(capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     assert cli.main(["generate", "--tensor-parallel", "--prompt", "x"]) == cli.EXIT_USAGE
     assert "runs under torchrun" in capsys.readouterr().err
+
+
+def test_sharding_without_a_process_group_says_how_to_start_one():
+    model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2))
+    with pytest.raises(RuntimeError, match="torchrun"):
+        tensor_parallel(model)
