@@ -100,8 +100,8 @@ def plan_problem(cfg, world: int) -> str | None:
         return (f"{world} ranks would each hold {per_rank} query heads, which straddle the model's KV groups "
                 f"({Hkv} KV heads of {group} query heads each); use a world size that divides {Hkv} or whose "
                 f"share of query heads divides {group}")
-    if cfg.vocab_size < world:
-        return f"the vocabulary ({cfg.vocab_size}) is smaller than the world size {world}"
+    if -(-cfg.vocab_size // world) * (world - 1) >= cfg.vocab_size:
+        return f"the vocabulary ({cfg.vocab_size} rows) is too small to give each of {world} ranks a share"
     return None
 
 
