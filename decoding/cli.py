@@ -117,8 +117,12 @@ def cmd_generate(args) -> int:
     check_inputs(args)
     prompts = read_prompts(args)
     device = pick_device(args.device)
+    if args.tensor_parallel:  # under torchrun: join the world, load this rank's shard (decoding/cli_parallel.py)
+        from .cli_parallel import join, load_sharded
+        device = join(args.device)
     dtype = pick_dtype(args.dtype, device)
-    model = load_model(args.model, device=device, dtype=dtype, native=args.native)
+    model = (load_sharded(args.model or SHIPPED / "target", device=device, dtype=dtype, native=args.native)
+             if args.tensor_parallel else load_model(args.model, device=device, dtype=dtype, native=args.native))
     use_threads(args.threads, model, device)
     tok = load_tokenizer(args.tokenizer, args.model or SHIPPED / "target", model)
     batch = encode_prompts(tok, prompts)
@@ -164,6 +168,8 @@ def _add_generate(sub) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when there is one)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype (auto: float32 on CPU, the checkpoint's own on GPU)")
+    g.add_argument("--tensor-parallel", action="store_true", help="shard the model over the processes of torchrun "
+                   "(torchrun --nproc-per-node N -m decoding generate --tensor-parallel ...); rank 0 prints")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one for models under 50M "
                    "parameters, else torch's default)")
     g = p.add_argument_group("prompt and length")

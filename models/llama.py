@@ -123,6 +123,7 @@ class LlamaDecoder(nn.Module):
             self.lm_head.weight = self.embed.weight
         k_major_(self)  # faster skinny matmuls on CPU (models/layout.py)
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
         # decode/verify steps of up to this many tokens replay CUDA graphs on GPU (0 = always eager)
         self.cuda_graph_max_tokens = 16
         self._graphed = None
@@ -151,7 +152,7 @@ class LlamaDecoder(nn.Module):
         c = self.config
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
-        return StaticCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim,
+        return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
                            dtype=dtype or self.dtype, device=device or self.device)
 
     def _check(self, input_ids: Tensor, cache: StaticCache, attention_mask, positions) -> None:

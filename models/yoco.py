@@ -186,6 +186,7 @@ class YOCODecoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.prefill_chunk = max(256, cfg.window)  # query chunk of the windowed prefill
+        self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
     @property
     def device(self):
@@ -215,7 +216,7 @@ class YOCODecoder(nn.Module):
         c = self.config
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
-        return YOCOCache(c.n_layers // 2, batch_size, c.n_kv_heads, max_len, c.head_dim, window=c.window,
+        return YOCOCache(c.n_layers // 2, batch_size, self.cache_heads, max_len, c.head_dim, window=c.window,
                          max_rollback=c.max_rollback, dtype=dtype or self.dtype, device=device or self.device)
 
     def _check(self, input_ids: Tensor, cache: YOCOCache, attention_mask, positions, logits_to_keep) -> None:
