@@ -152,18 +152,10 @@ def _config_items(obj) -> dict:
 
 
 def model_defaults(model) -> dict:
-    """The model's own generation settings: an HF model's generation_config, or a native model's
-    config special tokens."""
-    gc = getattr(model, "generation_config", None)
-    if gc is not None:
-        return _config_items(gc)
-    cfg = getattr(model, "config", None)
-    out = {}
-    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        value = getattr(cfg, name, None)
-        if value is not None:
-            out[name] = value
-    return out
+    """The model's own generation settings, as it declares them (models/protocol.py: an HF model's
+    generation_config over its config's special tokens; a native model's special tokens)."""
+    from .capabilities import as_decoder
+    return as_decoder(model).generation_defaults
 
 
 def check_names(kwargs: dict, source: str = "generate()", strict: bool = True, unknown_only: bool = False) -> None:
