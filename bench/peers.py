@@ -14,11 +14,13 @@ model from the engine's own weights into a temporary folder: an fp32 GGUF for ll
 Protocol: 1 thread each, fp32, 64 new tokens after a 32-token prompt, eos off (every call emits
 exactly batch x 64 tokens), greedy at batch 1 and 8 and beam 4 at batch 1. All systems run in this
 one process; every rep runs each system in turn (machine noise hits all alike) after one untimed
-warm-up call each (compilation and context set-up). --repeats (2) blocks of --reps (5) reps:
-tokens/s comes from the median over all of them, and the ratios (engine tokens/s over the peer's)
-also per block, to show their spread. A batch-1 call decodes --b1-prompts prompts one after another.
-Beside the batch-1 greedy row run the engine's speculative decoding (shipped draft, k=4, exactly k
-drafted a round) and prompt lookup (k=4); their ratios are over each peer's plain greedy.
+warm-up call each (compilation and context set-up). --repeats (2) blocks of --reps reps (target
+5, 125M 3): tokens/s comes from the median over all of them, and the ratios (engine tokens/s over
+the peer's) also per block, to show their spread. A batch-1 rep decodes --b1-prompts prompts (target
+2, 125M 1) one after another. Beside the batch-1 greedy row run the engine's speculative decoding
+(shipped draft, k=4, exactly k drafted a round) and prompt lookup (k=4); their ratios are over each
+system's plain greedy. HF's beam search (transformers 5.24) calls the model directly, not the
+compiled forward, so its "static+compile" beam row is a static cache without compilation.
 
 `tokens equal`: the peer's tokens are the engine's (for the speculative rows: the engine's greedy
 tokens). `min margin`: the smallest top-1 minus top-2 logit gap along the engine's greedy path; a
@@ -33,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +62,9 @@ class Case:
 
 
 CASES = (Case("greedy", 1), Case("greedy", 8), Case("beam 4", 1, 4))
+# model -> (reps per block, batch-1 prompts): the 125M model's calls take seconds each, so fewer;
+# 2 blocks x 3 reps still give the protocol's median of >= 5, and the bench stays near 10 minutes
+PLAN = {"target": (5, 2), "125m": (3, 1), "tiny": (1, 1)}
 
 
 @dataclass
@@ -71,7 +76,8 @@ class Subject:
     prompts: list  # >= 8 lists of prompt ids
     draft: torch.nn.Module | None = None
     notes: str = ""
-    info: dict = field(default_factory=dict)
+    reps: int = 5  # timed reps per block
+    b1_prompts: int = 1  # prompts decoded one by one in a batch-1 rep
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -193,7 +199,7 @@ def margins(native, ids: torch.Tensor, new_ids: torch.Tensor) -> torch.Tensor:
 
 
 def measure_case(subj: Subject, case: Case, runs: dict, status: dict, args, bar) -> list[dict]:
-    n_calls = args.b1_prompts if case.batch == 1 else 1
+    n_calls = subj.b1_prompts if case.batch == 1 else 1
     calls = [torch.tensor(subj.prompts[i:i + case.batch]) for i in range(0, n_calls * case.batch, case.batch)]
     names = [n for n in runs if case == CASES[0] or n not in (SPEC, LOOKUP)]  # speculative rows: greedy b1
     tokens, rows = {}, {}
@@ -206,7 +212,7 @@ def measure_case(subj: Subject, case: Case, runs: dict, status: dict, args, bar)
     timed = [n for n in names if n in tokens]
     times = {n: [[] for _ in range(args.repeats)] for n in timed}
     for block in range(args.repeats):
-        for _ in range(args.reps):
+        for _ in range(subj.reps):
             for name in timed:
                 t0 = time.perf_counter()
                 for ids in calls:
@@ -271,15 +277,17 @@ def run(args) -> tuple[dict, Path]:
         for name in args.models:
             log(f"{name}: building the model and writing the peers' exports to {workdir}")
             subj = subject(name, args.prompt_len)
+            subj.reps, subj.b1_prompts = args.reps or PLAN[name][0], args.b1_prompts or PLAN[name][1]
             runs, status = systems(subj, workdir, args.threads, args.compile_backend, log)
             cfg = subj.native.config
             subjects.append(dict(name=subj.name, notes=subj.notes, params_m=round(
                 sum(p.numel() for p in subj.native.parameters()) / 1e6, 2), vocab_size=cfg.vocab_size,
                 dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                hidden_dim=cfg.hidden_dim, tie_embeddings=cfg.tie_embeddings))
+                hidden_dim=cfg.hidden_dim, tie_embeddings=cfg.tie_embeddings, reps=subj.reps,
+                b1_prompts=subj.b1_prompts))
             for case in CASES:
                 n = len([r for r in runs if case == CASES[0] or r not in (SPEC, LOOKUP)])
-                with tqdm(total=n * (1 + args.reps * args.repeats), desc=f"{subj.name}: {case.name} b{case.batch}",
+                with tqdm(total=n * (1 + subj.reps * args.repeats), desc=f"{subj.name}: {case.name} b{case.batch}",
                           unit="call", file=sys.stderr, leave=False) as bar:
                     case_rows = measure_case(subj, case, runs, status, args, bar)
                 rows += case_rows
@@ -287,7 +295,7 @@ def run(args) -> tuple[dict, Path]:
             del runs
     results = dict(machine=machine(), peers=peer_versions(), smoke=args.smoke, threads=args.threads,
                    compile_backend=args.compile_backend,
-                   reps=args.reps, repeats=args.repeats, b1_prompts=args.b1_prompts, new_tokens=args.new_tokens,
+                   repeats=args.repeats, new_tokens=args.new_tokens,
                    prompt_len=args.prompt_len, dtype="float32", seconds=round(time.time() - t_start, 1),
                    command="python -m bench.peers " + " ".join(args.argv), subjects=subjects, rows=rows)
     write_results(out, "peers", results, render(results))
@@ -330,20 +338,23 @@ def render(results: dict) -> str:
     p = results["peers"]
     head = (f"# Engine vs llama.cpp, CTranslate2 and HF on identical weights\n\n"
             f"{m['device']}, {results['threads']} thread each, fp32, {results['new_tokens']} new tokens after a "
-            f"{results['prompt_len']}-token prompt, eos off; median of {results['repeats']} x {results['reps']} "
-            f"interleaved reps (a batch-1 rep: {results['b1_prompts']} prompts one after another). "
+            f"{results['prompt_len']}-token prompt, eos off, systems interleaved in one process, {results['repeats']} "
+            f"blocks of reps (per model below), one untimed warm-up call each. "
             f"torch {m['torch']}, transformers {m.get('transformers')}, llama-cpp-python {p['llama.cpp']}, "
-            f"ctranslate2 {p['CTranslate2']}, Python {m['python']}. `{results['command']}`, "
+            f"ctranslate2 {p['CTranslate2']}, Python {m['python']}, HF static+compile with torch.compile backend "
+            f"{results['compile_backend']}. `{results['command']}`, "
             f"{results['seconds']:.0f} s." + (" Smoke run: tiny random model." if results["smoke"] else "") + "\n\n"
             "Peer cells: tokens/s, engine tokens/s over the peer's (its range over the repeat blocks), whether "
             "the tokens equal the engine's. Speculative / prompt-lookup rows: their tokens/s over each "
-            "system's plain greedy at batch 1.\n")
+            "system's plain greedy at batch 1. HF's beam search does not use the compiled forward: its static+compile "
+            "beam row is a static cache alone.\n")
     parts = [head]
     for s in results["subjects"]:
         sel = [r for r in rows if r["model"] == s["name"]]
         parts.append(f"\n## {s['name']} ({s['params_m']}M parameters: {s['dim']} x {s['n_layers']}, heads "
                      f"{s['n_heads']}/{s['n_kv_heads']}, ffn {s['hidden_dim']}, vocab {s['vocab_size']})\n\n"
-                     f"{s['notes']}.\n")
+                     f"{s['notes']}. Median of {results['repeats']} x {s['reps']} reps; a batch-1 rep decodes "
+                     f"{s['b1_prompts']} prompt(s) one after another.\n")
         table = []
         for case in CASES:
             cr = {r["system"]: r for r in sel if r["case"] == case.name and r["batch"] == case.batch}
@@ -410,9 +421,10 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 3 new tokens, 1 rep, 1 block")
     ap.add_argument("--models", nargs="+", choices=["target", "125m", "tiny"], help="default: target 125m")
-    ap.add_argument("--reps", type=int, help="timed reps per block (default 5; smoke 1)")
+    ap.add_argument("--reps", type=int, help="timed reps per block (default: target 5, 125m 3; smoke 1)")
     ap.add_argument("--repeats", type=int, help="blocks of reps, for the spread of the ratios (default 2; smoke 1)")
-    ap.add_argument("--b1-prompts", type=int, help="prompts decoded one by one in a batch-1 rep (default 2; smoke 1)")
+    ap.add_argument("--b1-prompts", type=int,
+                    help="prompts decoded one by one in a batch-1 rep (default: target 2, 125m 1; smoke 1)")
     ap.add_argument("--new-tokens", type=int, help="tokens generated per row (default 64; smoke 3)")
     ap.add_argument("--prompt-len", type=int, help="prompt tokens per row (default 32; smoke 8)")
     ap.add_argument("--threads", type=int, default=1, help="threads for every system (default 1)")
@@ -425,15 +437,13 @@ def main(argv=None):
     s = args.smoke
     args.compile_backend = args.compile_backend or ("eager" if s else "inductor")
     args.models = args.models or (["tiny"] if s else ["target", "125m"])
-    args.reps = args.reps or (1 if s else 5)
     args.repeats = args.repeats or (1 if s else 2)
-    args.b1_prompts = args.b1_prompts or (1 if s else 2)
     args.new_tokens = args.new_tokens or (3 if s else 64)
     args.prompt_len = args.prompt_len or (8 if s else 32)
     for name in ("reps", "repeats", "b1_prompts", "new_tokens", "prompt_len", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.b1_prompts > 8:
+    if (args.b1_prompts or 0) > 8:
         ap.error("--b1-prompts must be at most 8 (the bench builds 8 prompts per model)")
     args.argv = argv
     results, out = run(args)
