@@ -208,6 +208,11 @@ def measure_case(subj: Subject, case: Case, runs: dict, status: dict, args, bar)
             tokens[name] = torch.cat([runs[name](ids, args.new_tokens, case.num_beams) for ids in calls])
         except Unsupported as e:
             rows[name] = dict(status=str(e))
+        except Exception as e:  # a peer failing a case is reported; the engine failing is a bug
+            if name in PEERS:
+                rows[name] = dict(status=f"error: {type(e).__name__}: {e}")
+            else:
+                raise
         bar.update(1)
     timed = [n for n in names if n in tokens]
     times = {n: [[] for _ in range(args.repeats)] for n in timed}
