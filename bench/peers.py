@@ -3,6 +3,7 @@
     python -m bench.peers                        # CPU, 1 thread, ~10 minutes -> bench/results/cpu/peers.*
     python -m bench.peers --models target        # the shipped target only, ~2 minutes
     python -m bench.peers --smoke --out /tmp/x   # tiny random model, a few seconds
+    python -m bench.peers --from-json bench/results/cpu/peers.json   # redo the .md and .png only
 
 Models: the shipped target (fp16 checkpoint upcast to fp32, its shipped draft for the speculative
 row, prompts from validation-split source files) and a 125M random Llama (768 x 12, GQA 12/4, ffn
@@ -15,8 +16,9 @@ Protocol: 1 thread each, fp32, 64 new tokens after a 32-token prompt, eos off (e
 exactly batch x 64 tokens), greedy at batch 1 and 8 and beam 4 at batch 1. All systems run in this
 one process; every rep runs each system in turn (machine noise hits all alike) after one untimed
 warm-up call each (compilation and context set-up). --repeats (2) blocks of --reps reps (target
-5, 125M 3): tokens/s comes from the median over all of them, and the ratios (engine tokens/s over
-the peer's) also per block, to show their spread. A batch-1 rep decodes --b1-prompts prompts (target
+5, 125M 3): tokens/s comes from the median over all of them; a ratio (engine tokens/s over the
+peer's) is the median of the per-rep ratios (each rep runs the two back to back), overall and per
+block, the block values showing its spread. A batch-1 rep decodes --b1-prompts prompts (target
 2, 125M 1) one after another. Beside the batch-1 greedy row run the engine's speculative decoding
 (shipped draft, k=4, exactly k drafted a round) and prompt lookup (k=4); their ratios are over each
 system's plain greedy. HF's beam search (transformers 5.24) calls the model directly, not the
@@ -31,6 +33,7 @@ search) says why.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -251,22 +254,34 @@ def measure_case(subj: Subject, case: Case, runs: dict, status: dict, args, bar)
                 row["first_mismatch"] = dict(row=diff[0], position=diff[1],
                                              margin=float(margin[diff[0], diff[1]]))
         out.append(row)
+    add_ratios(out)
     by = {r["system"]: r for r in out if r.get("status") == "ok"}
-    for r in out:
-        if r.get("status") != "ok":
-            continue
-        if r["system"] in PEERS:  # engine tokens/s over the peer's
-            e = by["engine"]
-            r["x_engine"] = e["tok_s"] / r["tok_s"]
-            r["x_engine_blocks"] = [a / b for a, b in zip(e["tok_s_blocks"], r["tok_s_blocks"])]
-        elif r["system"] != "engine":  # the engine's speculative variants over every system's greedy
-            r["x_over"] = {p: r["tok_s"] / by[p]["tok_s"] for p in ["engine", *PEERS] if p in by}
-            r["x_over_blocks"] = {p: [a / b for a, b in zip(r["tok_s_blocks"], by[p]["tok_s_blocks"])]
-                                  for p in ["engine", *PEERS] if p in by}
     if margin is not None:
         by["engine"]["min_margin"] = float(margin.min())
         by["engine"]["near_ties"] = int((margin < args.tie).sum())
     return out
+
+
+def _paired(slow: list[list[float]], fast: list[list[float]]) -> tuple[float, list[float]]:
+    """Median of slow[r] / fast[r] over the reps (paired: run back to back, so drifting load cancels),
+    overall and per block; for equal token counts, fast's tokens/s over slow's."""
+    per_block = [[a / b for a, b in zip(sb, fb)] for sb, fb in zip(slow, fast)]
+    return statistics.median([x for blk in per_block for x in blk]), [statistics.median(blk) for blk in per_block]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """x_engine on peer rows (engine tokens/s over the peer's) and x_over on the speculative rows
+    (their tokens/s over each system's greedy), from the paired per-rep times of one case."""
+    by = {r["system"]: r for r in rows if r.get("status") == "ok"}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        if r["system"] in PEERS:
+            r["x_engine"], r["x_engine_blocks"] = _paired(r["runs_s"], by["engine"]["runs_s"])
+        elif r["system"] != "engine":
+            pairs = {p: _paired(by[p]["runs_s"], r["runs_s"]) for p in ["engine", *PEERS] if p in by}
+            r["x_over"] = {p: x for p, (x, _) in pairs.items()}
+            r["x_over_blocks"] = {p: blocks for p, (_, blocks) in pairs.items()}
 
 
 def run(args) -> tuple[dict, Path]:
@@ -306,6 +321,19 @@ def run(args) -> tuple[dict, Path]:
     write_results(out, "peers", results, render(results))
     plot(results, out / "peers.png")
     return results, out
+
+
+def rerender(path: str | Path, out: Path) -> dict:
+    """Ratios, markdown and plot again from a results JSON (its per-rep times), without rerunning."""
+    results = json.loads(Path(path).read_text())
+    cases = {}
+    for r in results["rows"]:
+        cases.setdefault((r["model"], r["case"], r["batch"]), []).append(r)
+    for rows in cases.values():
+        add_ratios(rows)
+    write_results(out, "peers", results, render(results))
+    plot(results, out / "peers.png")
+    return results
 
 
 def peer_versions() -> dict:
@@ -438,7 +466,14 @@ def main(argv=None):
                     "smoke: eager, which traces the same graph without code generation: seconds, not a minute)")
     ap.add_argument("--export-dir", help="keep the GGUF / CTranslate2 exports here (default: a temporary folder)")
     ap.add_argument("--out", help="output folder (default bench/results/cpu/)")
+    ap.add_argument("--from-json", help="only rewrite the markdown and PNG from this results JSON (into --out, "
+                    "default its folder)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        out = Path(args.out or Path(args.from_json).parent)
+        print(render(rerender(args.from_json, out)))
+        print(f"\nwrote {out}/peers.{{json,md,png}}")
+        return 0
     s = args.smoke
     args.compile_backend = args.compile_backend or ("eager" if s else "inductor")
     args.models = args.models or (["tiny"] if s else ["target", "125m"])
