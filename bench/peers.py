@@ -145,8 +145,9 @@ def engine(native, **kw):
     return run
 
 
-def systems(subj: Subject, workdir: Path, threads: int, backend: str, log) -> tuple[dict, dict]:
-    """name -> run(ids, new, num_beams) for everything that loads, and name -> status for the rest."""
+def systems(subj: Subject, workdir: Path, threads: int, backend: str, log) -> tuple[dict, dict, list]:
+    """name -> run(ids, new, num_beams) for everything that loads, name -> status for the rest, and
+    the functions that free the peers' native resources."""
     from transformers.utils import logging as hf_logging
     from models.hf_weights import to_hf
     hf_logging.disable_progress_bar()  # the CTranslate2 conversion saves and reloads the HF export
@@ -156,7 +157,7 @@ def systems(subj: Subject, workdir: Path, threads: int, backend: str, log) -> tu
         runs[SPEC] = engine(subj.native, assistant_model=subj.draft, num_assistant_tokens=K,
                             assistant_confidence_threshold=0.0)
     runs[LOOKUP] = engine(subj.native, prompt_lookup_num_tokens=K)
-    status = {}
+    status, closers = {}, []
     hf_model = to_hf(subj.native)
     slug = subj.name.replace(" ", "_")
     for peer in PEERS:
@@ -169,6 +170,7 @@ def systems(subj: Subject, workdir: Path, threads: int, backend: str, log) -> tu
             if peer == "llama.cpp":
                 from bench.peer.llamacpp import LlamaCpp, write_gguf
                 runner = LlamaCpp(write_gguf(subj.native, workdir / f"{slug}.gguf", subj.vocab), threads)
+                closers.append(runner.close)
 
                 def run(ids, new, num_beams=1, runner=runner):
                     if num_beams > 1:
@@ -185,7 +187,7 @@ def systems(subj: Subject, workdir: Path, threads: int, backend: str, log) -> tu
             continue
         runs[peer] = run
         log(f"  {peer}: ready in {time.time() - t0:.1f} s")
-    return runs, status
+    return runs, status, closers
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def run(args) -> tuple[dict, Path]:
             log(f"{name}: building the model and writing the peers' exports to {workdir}")
             subj = subject(name, args.prompt_len)
             subj.reps, subj.b1_prompts = args.reps or PLAN[name][0], args.b1_prompts or PLAN[name][1]
-            runs, status = systems(subj, workdir, args.threads, args.compile_backend, log)
+            runs, status, closers = systems(subj, workdir, args.threads, args.compile_backend, log)
             cfg = subj.native.config
             subjects.append(dict(name=subj.name, notes=subj.notes, params_m=round(
                 sum(p.numel() for p in subj.native.parameters()) / 1e6, 2), vocab_size=cfg.vocab_size,
@@ -312,6 +314,8 @@ def run(args) -> tuple[dict, Path]:
                     case_rows = measure_case(subj, case, runs, status, args, bar)
                 rows += case_rows
                 log(summary(case_rows))
+            for close in closers:
+                close()
             del runs
     results = dict(machine=machine(), peers=peer_versions(), smoke=args.smoke, threads=args.threads,
                    compile_backend=args.compile_backend,
