@@ -321,7 +321,7 @@ def run(args) -> tuple[dict, Path]:
                    compile_backend=args.compile_backend,
                    repeats=args.repeats, new_tokens=args.new_tokens,
                    prompt_len=args.prompt_len, dtype="float32", seconds=round(time.time() - t_start, 1),
-                   command="python -m bench.peers " + " ".join(args.argv), subjects=subjects, rows=rows)
+                   command=" ".join(["python -m bench.peers", *args.argv]), subjects=subjects, rows=rows)
     write_results(out, "peers", results, render(results))
     plot(results, out / "peers.png")
     return results, out
@@ -432,16 +432,16 @@ def plot(results: dict, path: Path) -> None:
     for ax, s in zip(axes[0], subjects):
         sel = [r for r in results["rows"] if r["model"] == s["name"] and r.get("status") == "ok"]
         cases = [c for c in CASES if any(r["case"] == c.name and r["batch"] == c.batch for r in sel)]
-        width = 0.8 / len(systems)
-        for j, name in enumerate(systems):
+        shown = [n for n in systems if any(r["system"] == n for r in sel)]
+        width = 0.8 / max(len(shown), 1)
+        for j, name in enumerate(shown):
             xs, ys = [], []
             for i, c in enumerate(cases):
                 r = next((r for r in sel if r["system"] == name and r["case"] == c.name and r["batch"] == c.batch), None)
                 if r:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(r["tok_s"])
-            if xs:
-                ax.bar(xs, ys, width, label=name)
+            ax.bar(xs, ys, width, label=name, color=f"C{systems.index(name)}")  # one colour per system
         ax.set_xticks(range(len(cases)), [f"{c.name}\nbatch {c.batch}" for c in cases], fontsize=8)
         ax.set_ylabel("tokens/s")
         ax.set_title(f"{s['name']} ({s['params_m']}M)", fontsize=9)
