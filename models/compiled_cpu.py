@@ -141,9 +141,7 @@ class CompiledStep:
                 warnings.warn(f"compiled CPU step unavailable ({type(e).__name__}: {str(e)[:300]}); "
                               f"running the eager step (set {ENV}=0 to skip the attempt)", stacklevel=4)
                 return False
-        loader = getattr(runner, "loader", None)
-        self.run = loader.boxed_run if loader is not None and hasattr(loader, "boxed_run") else \
-            (lambda flat: runner(flat[0], flat[1:1 + len(self.weights)], flat[1 + len(self.weights):]))
+        self.run = runner.boxed_run  # flat inputs -> flat outputs, no pytree per call
         return True
 
     def _build(self, cache, key: dict, path: Path, meta: Path):
@@ -175,7 +173,7 @@ class CompiledStep:
         tmp_meta = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps({"key": key, "sha256": sha}, indent=1, sort_keys=True))
         os.replace(tmp_meta, meta)
-        runner = torch._inductor.aoti_load_package(str(path))
+        runner = _open(path)
         print(f" done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         return runner
 
@@ -190,10 +188,19 @@ def _load_checked(path: Path, meta: Path, key: dict):
         ok = info.get("key") == json.loads(json.dumps(key)) and \
             info.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
         if ok:
-            return torch._inductor.aoti_load_package(str(path))
+            return _open(path)
     except Exception:
         pass
     for f in (path, meta):  # stale or corrupt: rebuild
         f.unlink(missing_ok=True)
     return None
 
+
+
+def _open(path: Path):
+    """The library's loader (boxed_run: a flat list of tensors in, of outputs out). Straight from
+    torch._C: importing torch._inductor to load it would cost a second process seconds."""
+    try:
+        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except TypeError:  # another torch's signature
+        return torch._inductor.aoti_load_package(str(path)).loader

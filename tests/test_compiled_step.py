@@ -172,7 +172,7 @@ def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir,
         rebuilt.append(key)
         for f in good.iterdir():
             shutil.copy(f, cache_dir)
-        return torch._inductor.aoti_load_package(str(path))
+        return cc._open(path)
     monkeypatch.setattr(cc.CompiledStep, "_build", rebuild)
     model = build("llama")
     model.compile_step = True
