@@ -12,7 +12,7 @@ figure is the median over --runs runs; within a run every method takes its turn 
 before the next prompt, so bursts of machine noise hit all methods alike. tau = new tokens per
 target forward per row, counted by forward hooks for HF.
 
-HF assisted generation reads k from the assistant's generation_config (DESIGN.md 3.4): the bench
+HF assisted generation reads k from the assistant's generation_config (docs/DESIGN.md 2): the bench
 sets num_assistant_tokens=k, schedule "constant" and assistant_confidence_threshold=0 there, and
 passes assistant_confidence_threshold=0 to the engine, so both draft exactly k tokens a round.
 HF assisted generation runs batch 1 only.
@@ -116,7 +116,7 @@ def _hf(hf_target, hf_draft, k, kw):
         hf_draft._bench_counter = getattr(hf_draft, "_bench_counter", None) or Counter(hf_draft)
 
     def call(ids, n):
-        if hf_draft is not None:  # HF reads these from the assistant (DESIGN.md 3.4)
+        if hf_draft is not None:  # HF reads these from the assistant (docs/DESIGN.md 2)
             gc = hf_draft.generation_config
             gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = k, "constant"
             gc.assistant_confidence_threshold = 0.0

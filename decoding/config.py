@@ -115,7 +115,7 @@ SAMPLING_ONLY = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
 BEAM_ONLY = {"length_penalty": 1.0, "early_stopping": False, "diversity_penalty": 0.0}
 ASSISTANT_ONLY = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
                   "assistant_confidence_threshold": 0.4}
-# HF reads these from the ASSISTANT's generation_config (DESIGN.md 3.4); here a value passed to
+# HF reads these from the ASSISTANT's generation_config (docs/DESIGN.md 2); here a value passed to
 # generate() still wins, then generation_config=, the assistant's config, the target's, HF's defaults.
 ASSISTANT_FIELDS = tuple(ASSISTANT_ONLY)
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")  # heuristic is per call here: both alike

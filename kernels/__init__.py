@@ -1,4 +1,4 @@
-"""Decode-phase attention kernels (DESIGN.md 4).
+"""Decode-phase attention kernels (docs/DESIGN.md 9).
 
 `kernels.decode_attention` is the function, although a submodule has the same name: importing the
 submodule binds it on the package first, the re-export below then rebinds the name to the function

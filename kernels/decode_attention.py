@@ -435,7 +435,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, q_lens=None, kv_start=None
 
 
 class _CallableModule(types.ModuleType):
-    """The package re-exports `decode_attention` under this submodule's own name (DESIGN.md 4's
+    """The package re-exports `decode_attention` under this submodule's own name (docs/DESIGN.md 9's
     `kernels.decode_attention(...)`). Any import order that hands out the module instead (a package
     resolved as a namespace, a stale editable install) still calls the dispatcher."""
 

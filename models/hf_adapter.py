@@ -1,4 +1,4 @@
-"""Drive any Hugging Face causal LM through the model protocol (DESIGN.md 3.2-3.4).
+"""Drive any Hugging Face causal LM through the model protocol (docs/DESIGN.md 3.1-3.3).
 
 The cache is HF's own (whatever the model creates: DynamicCache, with sliding-window layers where the
 config says so) plus a key-validity mask over its slots. Left pads of a prompt and tokens rolled

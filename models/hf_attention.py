@@ -1,4 +1,4 @@
-"""The decode kernel as a Hugging Face attention implementation (DESIGN.md 3.4).
+"""The decode kernel as a Hugging Face attention implementation (docs/DESIGN.md 3.3).
 
 Enable it on a loaded model (transformers 5.17 and 5.24):
 

@@ -1,6 +1,6 @@
 """Named models of the shipped zoo: architecture, config and training recipe.
 
-Compute per token (DESIGN.md section 5) = 2 x (non-embedding parameters + LM-head parameters):
+Compute per token (docs/DESIGN.md 10) = 2 x (non-embedding parameters + LM-head parameters):
 
 | name   | layers x dim | heads q/kv (head dim) | SwiGLU | params (tied) | compute/token | ratio |
 |--------|--------------|-----------------------|--------|---------------|---------------|-------|

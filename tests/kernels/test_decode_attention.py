@@ -77,7 +77,7 @@ def test_torch_path_matches_float64_reference(row, torch_backend):
 
 
 def test_reference_matches_the_masking_rule_by_hand():
-    """The oracle itself, against a loop that spells out DESIGN.md's visibility rule."""
+    """The oracle itself, against a loop that spells out docs/DESIGN.md 9's visibility rule."""
     B, T, Hq, Hkv, D, S, w = 2, 3, 4, 2, 8, 20, 6
     q, k, v, lens = make_case(B, T, Hq, Hkv, D, S, [12, 20], q_lens=[3, 2], kv_start=[0, 4], dtype=torch.float64)
     out = reference((q, k, v, lens), window=w)
