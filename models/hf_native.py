@@ -43,6 +43,8 @@ class HFNativeDecoder(LlamaDecoder):
 def native_for(hf_model) -> HFNativeDecoder | None:
     """The native decoder sharing `hf_model`'s weights, built on first use and rebuilt when the
     model changed since; None when the model is not one the native decoder expresses exactly."""
+    if type(hf_model).__name__ not in CLASSES:
+        return None
     fp = _fingerprint(hf_model)
     built = _BUILT.get(hf_model)
     if built is not None and built[0] == fp:
@@ -113,11 +115,9 @@ def _fingerprint(hf) -> tuple:
     ptrs = tuple((p.data_ptr(), p.dtype, p.device, p.shape) for p in hf.parameters())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + (getattr(m, "_hf_hook", None) is not None)
                 for m in hf.modules())
-    c = hf.config
-    return (ptrs, hooks, hf.training, type(hf), repr(getattr(c, "rope_parameters", None)),
-            repr(getattr(c, "rope_scaling", None)), c.rms_norm_eps, getattr(c, "sliding_window", None),
-            repr(getattr(c, "layer_types", None)), getattr(c, "use_sliding_window", None),
-            getattr(c, "max_position_embeddings", None), getattr(c, "hidden_act", None))
+    names = ("rope_parameters", "rope_scaling", "rms_norm_eps", "sliding_window", "layer_types", "use_sliding_window",
+             "max_position_embeddings", "hidden_act", "attention_dropout", "pretraining_tp")
+    return (ptrs, hooks, hf.training, type(hf), repr([getattr(hf.config, n, None) for n in names]))
 
 
 def _k_major(weight: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,33 @@ def _fuse(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]
         views.append(fused[start:start + w.shape[0]])
         start += w.shape[0]
     return fused, views
+
+
+_SAVED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # view -> its copy, while one is alive
+
+
+def _state_dict_contiguous(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict() hook of the HF modules whose weights are now slices of a shared storage: their
+    entries are tensors of their own, as before install (safetensors and HF's save_pretrained refuse
+    strided or partly shared tensors). A tied embedding/lm_head pair gets one copy for both."""
+    for name, _ in module.named_parameters(recurse=False):
+        t = state_dict.get(prefix + name)
+        if t is None or isinstance(t, nn.Parameter):  # keep_vars=True asks for the parameters themselves
+            continue
+        if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t._version, t.dtype,
+               t.device)
+        copy = _SAVED.get(key)
+        if copy is None:
+            copy = _SAVED[key] = t.contiguous() if not t.is_contiguous() else t.clone()
+        state_dict[prefix + name] = copy
+
+
+def _saves_contiguous(module: nn.Module) -> None:
+    if not getattr(module, "_decoding_contiguous_hook", False):
+        module.register_state_dict_post_hook(_state_dict_contiguous)
+        object.__setattr__(module, "_decoding_contiguous_hook", True)
 
 
 def _share(module_param: nn.Parameter, tensor: torch.Tensor) -> nn.Parameter:
@@ -160,8 +187,12 @@ def _build(hf) -> HFNativeDecoder:
         head = hf.get_output_embeddings().weight
         model.lm_head.weight = _share(head, _k_major(head.detach()))
     model.norm.weight = _share(base.norm.weight, base.norm.weight.detach())
+    for module in (base.embed_tokens, hf.get_output_embeddings()):
+        _saves_contiguous(module)
     for layer, block in zip(base.layers, model.layers):
         a, m = layer.self_attn, layer.mlp
+        for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj):
+            _saves_contiguous(lin)
         fused, views = _fuse([a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()])
         for lin, view in zip((a.q_proj, a.k_proj, a.v_proj), views):
             lin.weight.data = view
