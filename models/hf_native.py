@@ -236,8 +236,9 @@ def extra_bytes(hf_model) -> int:
     return extra
 
 
-# Calls that need the HF model itself: its attentions / hidden states, or model inputs beyond ids and
-# mask (a cache, embeddings, positions, token types, or any other model kwarg).
+# Calls that need the HF model itself: its attentions / hidden states / cache object in the output,
+# HF's cache-free recomputation (use_cache=False), or model inputs beyond ids and mask (a cache,
+# embeddings, positions, token types, or any other model kwarg).
 ADAPTER_OUTPUTS = ("output_attentions", "output_hidden_states")
 MODEL_INPUTS = ("past_key_values", "cache", "inputs_embeds", "position_ids", "token_type_ids")
 
@@ -255,6 +256,10 @@ def route(hf_model, call: dict):
     for name in ADAPTER_OUTPUTS:
         if _setting(hf_model, call, name):
             return hf_model
+    if _setting(hf_model, call, "use_cache") is False:
+        return hf_model  # HF recomputes every step without a cache: the adapter does as HF does
+    if _setting(hf_model, call, "return_dict_in_generate"):
+        return hf_model  # HF's output object carries HF's own cache (past_key_values): the adapter's
     native = native_for(hf_model)
     return hf_model if native is None else native
 

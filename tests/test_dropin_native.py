@@ -55,13 +55,16 @@ def test_greedy_runs_native_and_equals_hf(targets, family, overrides):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_beam_with_scores_equals_hf(targets, family):
+def test_beam_equals_hf_with_scores(targets, family):
     model, oracle = installed(family)
     ids, mask = left_pad(ROWS)
-    kw = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, length_penalty=0.7, do_sample=False,
-              output_scores=True, return_dict_in_generate=True)
-    out, ref = model.generate(ids, attention_mask=mask, **kw), oracle.generate(ids, attention_mask=mask, **kw)
+    kw = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, length_penalty=0.7, do_sample=False)
+    ref = oracle.generate(ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True, **kw)
+    assert torch.equal(model.generate(ids, attention_mask=mask, **kw), ref.sequences)
     assert targets == ["native"]
+    # the scores, from the engine on the same native decoder (the drop-in sends return_dict_in_generate
+    # calls to the adapter: HF's output object carries HF's cache)
+    out = decoding.generate(hf_native.native_for(model), ids, attention_mask=mask, output_scores=True, **kw)
     assert torch.equal(out.sequences, ref.sequences)
     torch.testing.assert_close(out.sequences_scores, ref.sequences_scores, rtol=1e-5, atol=1e-5)
     assert len(out.scores) == len(ref.scores)
@@ -130,7 +133,8 @@ def test_calls_that_need_the_hf_model_route_to_it():
     assert isinstance(native, LlamaDecoder)
     for call in ({"output_hidden_states": True}, {"output_attentions": True},
                  {"position_ids": torch.zeros(1, 3, dtype=torch.long)}, {"pixel_values": torch.zeros(1)},
-                 {"generation_config": transformers.GenerationConfig(output_hidden_states=True)}):
+                 {"generation_config": transformers.GenerationConfig(output_hidden_states=True)},
+                 {"return_dict_in_generate": True, "output_scores": True}, {"use_cache": False}):
         assert hf_native.route(model, call) is model, call
     model.generation_config.output_attentions = True  # the model's default counts too ...
     assert hf_native.route(model, {}) is model
