@@ -90,7 +90,7 @@ def _generate(model, record, args, kwargs):
     target = model
     if record.get("native"):
         from models.hf_native import route
-        target = route(model, call)  # the native decoder, or the model itself (the HF adapter)
+        target = route(model, call, attention_mask)  # the native decoder, or the model itself (the HF adapter)
     try:
         out = engine_generate(target, inputs, attention_mask, **call)
     except NotImplementedError as e:

@@ -243,11 +243,17 @@ ADAPTER_OUTPUTS = ("output_attentions", "output_hidden_states")
 MODEL_INPUTS = ("past_key_values", "cache", "inputs_embeds", "position_ids", "token_type_ids")
 
 
-def route(hf_model, call: dict):
+def route(hf_model, call: dict, attention_mask=None):
     """THE routing decision of the drop-in: the native decoder for `call` (the generate() keyword
     arguments the caller passed, prompt and mask removed) when it computes exactly what HF's model
     would, else `hf_model` itself (the engine then drives it through the HF adapter)."""
     from decoding.config import FIELDS, HF_OTHER, IGNORED
+    if attention_mask is not None:
+        # holes inside a row are fine (not stored, positions count real tokens, as HF); a pad in the
+        # last column is not: HF takes the next token from the logits of that pad's forward
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or \
+                not bool(attention_mask[:, -1].all()):
+            return hf_model
     for name, value in call.items():
         if value is None or name in ADAPTER_OUTPUTS or name == "generation_config":
             continue
@@ -261,7 +267,13 @@ def route(hf_model, call: dict):
     if _setting(hf_model, call, "return_dict_in_generate"):
         return hf_model  # HF's output object carries HF's own cache (past_key_values): the adapter's
     native = native_for(hf_model)
-    return hf_model if native is None else native
+    if native is None:
+        return hf_model
+    c = native.config
+    if attention_mask is not None and (c.sliding_window or any(c.layer_windows or ())) and \
+            not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
+        return hf_model  # holes inside a row: HF's sliding window counts them as slots, the native one does not
+    return native
 
 
 def _setting(hf_model, call: dict, name: str):

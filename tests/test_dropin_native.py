@@ -93,6 +93,23 @@ def test_sampling_draws_from_hfs_two_token_distribution(targets):
     assert chi2_pvalue(cells, joint) > 1e-3
 
 
+@pytest.mark.parametrize("family,overrides,runs_on", [
+    ("llama", {}, "native"), ("mistral", {"sliding_window": 3}, "adapter")])
+def test_masks_with_holes(targets, family, overrides, runs_on):
+    """Holes inside rows (transformers' random_attention_mask): the native decoder skips them as HF
+    does, except under a sliding window, which HF counts in slots (holes included)."""
+    model, oracle = installed(family, **overrides)
+    g = torch.Generator().manual_seed(3)
+    ids, mask = torch.randint(3, 96, (3, 9), generator=g), torch.randint(0, 2, (3, 9), generator=g)
+    mask[:, -1] = 1
+    out = model.generate(ids, attention_mask=mask, **KW)
+    assert targets == [runs_on]
+    assert torch.equal(out, oracle.generate(ids, attention_mask=mask, **KW))
+    right_padded = torch.ones_like(mask)
+    right_padded[0, -2:] = 0  # HF reads the next token off a pad's forward: only the adapter does that
+    assert hf_native.route(model, {}, right_padded) is model
+
+
 def test_opt_out_keeps_the_adapter(targets):
     model, oracle = installed("llama", native=False)
     ids, mask = left_pad(ROWS)
