@@ -45,6 +45,7 @@ def installed(family, native=True, **overrides):
 @pytest.mark.parametrize("family,overrides", [
     ("llama", {}), ("llama", {"tie_word_embeddings": True, "rope_theta": 500000.0, "rms_norm_eps": 1e-5}),
     ("qwen2", {}), ("mistral", {"sliding_window": 4}),
+    ("llama", {"hidden_act": "gelu"}), ("qwen2", {"hidden_act": "gelu_pytorch_tanh"}),  # transformers' test configs
 ])
 def test_greedy_runs_native_and_equals_hf(targets, family, overrides):
     model, oracle = installed(family, **overrides)
@@ -127,6 +128,7 @@ class SubclassedLlama(transformers.LlamaForCausalLM):
 @pytest.mark.parametrize("family,overrides,reason", [
     ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope scaling"),
     ("llama", {"attention_bias": True}, "o_proj"),
+    ("llama", {"hidden_act": "gelu_new"}, "hidden_act"),
     ("gpt2", {}, "GPT2LMHeadModel"),
     ("subclass", {}, "SubclassedLlama"),
 ])
