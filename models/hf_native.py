@@ -247,33 +247,40 @@ def route(hf_model, call: dict, attention_mask=None):
     """THE routing decision of the drop-in: the native decoder for `call` (the generate() keyword
     arguments the caller passed, prompt and mask removed) when it computes exactly what HF's model
     would, else `hf_model` itself (the engine then drives it through the HF adapter)."""
+    return route_why(hf_model, call, attention_mask)[0]
+
+
+def route_why(hf_model, call: dict, attention_mask=None):
+    """(route(...)'s answer, why not native: None when native)."""
     from decoding.config import FIELDS, HF_OTHER, IGNORED
+    if type(hf_model).__name__ not in CLASSES:
+        return hf_model, f"{type(hf_model).__name__} is not one of {sorted(CLASSES)}"
     if attention_mask is not None:
         # holes inside a row are fine (not stored, positions count real tokens, as HF); a pad in the
         # last column is not: HF takes the next token from the logits of that pad's forward
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or \
                 not bool(attention_mask[:, -1].all()):
-            return hf_model
+            return hf_model, "attention_mask: right padding or not a 2D tensor"
     for name, value in call.items():
         if value is None or name in ADAPTER_OUTPUTS or name == "generation_config":
             continue
         if name in MODEL_INPUTS or not (name in FIELDS or name in IGNORED or name in HF_OTHER):
-            return hf_model  # a model input: only the HF forward knows it
+            return hf_model, f"model input {name}"  # only the HF forward knows it
     for name in ADAPTER_OUTPUTS:
         if _setting(hf_model, call, name):
-            return hf_model
+            return hf_model, name
     if _setting(hf_model, call, "use_cache") is False:
-        return hf_model  # HF recomputes every step without a cache: the adapter does as HF does
+        return hf_model, "use_cache=False"  # HF recomputes every step without a cache: the adapter does so
     if _setting(hf_model, call, "return_dict_in_generate"):
-        return hf_model  # HF's output object carries HF's own cache (past_key_values): the adapter's
+        return hf_model, "return_dict_in_generate"  # HF's output carries HF's own cache: the adapter's
     native = native_for(hf_model)
     if native is None:
-        return hf_model
+        return hf_model, why_not_native(hf_model)
     c = native.config
     if attention_mask is not None and (c.sliding_window or any(c.layer_windows or ())) and \
             not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
-        return hf_model  # holes inside a row: HF's sliding window counts them as slots, the native one does not
-    return native
+        return hf_model, "attention_mask holes under a sliding window"  # HF's window counts them as slots
+    return native, None
 
 
 def _setting(hf_model, call: dict, name: str):
