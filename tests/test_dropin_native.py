@@ -73,6 +73,19 @@ def test_beam_equals_hf_with_scores(targets, family):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_sampling_same_seed_same_draws_as_hf(targets):
+    """The engine's exponential race consumes the global generator as HF's torch.multinomial does
+    for one sample: under the same seed the native path returns HF's very samples."""
+    model, oracle = installed("qwen2")
+    ids, mask = left_pad(ROWS)
+    kw = dict(do_sample=True, top_k=10, top_p=0.9, temperature=0.7, num_return_sequences=2, max_new_tokens=10)
+    torch.manual_seed(7)
+    out = model.generate(ids, attention_mask=mask, **kw)
+    torch.manual_seed(7)
+    assert torch.equal(out, oracle.generate(ids, attention_mask=mask, **kw))
+    assert targets == ["native"]
+
+
 def test_sampling_draws_from_hfs_two_token_distribution(targets):
     """Joint law of the first two sampled tokens (vocab 16: 256 cells) against the exact law from the
     oracle's forward and HF's own processors."""
