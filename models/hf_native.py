@@ -32,12 +32,21 @@ _BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # hf model ->
 
 
 class HFNativeDecoder(LlamaDecoder):
-    """LlamaDecoder whose generation defaults are those of the HF model it was built from."""
+    """LlamaDecoder whose generation defaults and position limit are those of the HF model it was
+    built from. Rotary positions have no table to run out of: like the HF model (and the engine's
+    HF adapter) it runs past max_position_embeddings when the engine lets it (its cache is sized
+    per call, so config.max_seq_len bounds nothing here)."""
+    runs_past_max_positions = True
 
     @property
     def generation_config(self):
         hf = self._hf()
         return getattr(hf, "generation_config", None) if hf is not None else None
+
+    @property
+    def max_positions(self):
+        hf = self._hf()
+        return getattr(hf.config, "max_position_embeddings", None) if hf is not None else None
 
 
 def native_for(hf_model) -> HFNativeDecoder | None:
@@ -176,6 +185,7 @@ def _build(hf) -> HFNativeDecoder:
     embed = base.embed_tokens.weight
     cfg.vocab_size = int(embed.shape[0])  # resized embeddings count, not the config's number
     cfg.tie_embeddings = hf.get_output_embeddings().weight is embed
+    cfg.max_seq_len = 2 ** 31 - 1  # the limit is max_positions, checked (or not) by the engine as for HF
     device, dtype = embed.device, embed.dtype
     with torch.device("meta"):  # the structure only: every tensor is the HF model's, set below
         model = HFNativeDecoder(cfg)
