@@ -1,52 +1,19 @@
 """decoding.generate(): HF's argument resolution, every check before the first forward, dispatch
-to a strategy (DESIGN.md 3.1)."""
+to a strategy (docs/DESIGN.md 2)."""
 from __future__ import annotations
 
-import sys
 import time
-import weakref
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import strategies
+from . import hf_call, strategies
+from .capabilities import as_decoder, check_positions
 from .config import resolve
 from .output import GenerationOutput
 from .stopping import StopStrings
-
-_ADAPTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def as_decoder(model):
-    """The model behind the model protocol: HF causal LMs through the adapter, native ones as is."""
-    from models.hf_adapter import HFModel, is_hf_model
-    # no PreTrainedModel exists before transformers.modeling_utils is imported; importing it to ask
-    # costs seconds, which the first call's wall_s (tokens/s) would count
-    if "transformers.modeling_utils" in sys.modules and is_hf_model(model):
-        adapter = _ADAPTERS.get(model)
-        if adapter is None:
-            adapter = _ADAPTERS[model] = HFModel(model)  # raises for encoder-decoder / no LM head
-        return adapter
-    if callable(getattr(model, "new_cache", None)) and callable(getattr(model, "forward", None)) \
-            and isinstance(getattr(model, "vocab_size", None), int):
-        return model
-    raise TypeError(f"model must be a Hugging Face causal LM or a native decoder with vocab_size, new_cache() "
-                    f"and forward() (the model protocol), got {type(model).__name__}")
-
-
-def _device(model):
-    device = getattr(model, "device", None)
-    if device is None:
-        device = next(model.parameters()).device
-    return torch.device(device)
-
-
-def _max_positions(model) -> int | None:
-    limit = getattr(model, "max_positions", None)
-    if limit is None:
-        limit = getattr(getattr(model, "config", None), "max_seq_len", None)
-    return limit
 
 
 @dataclass
@@ -99,8 +66,8 @@ def _from_lists(rows, pad: int) -> tuple[Tensor, Tensor]:
 
 
 def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
-    device = _device(model)
-    embed_size = getattr(model, "embed_size", model.vocab_size)
+    device = torch.device(model.device)
+    embed_size = model.embed_size
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     if isinstance(input_ids, (list, tuple)):
         if attention_mask is not None:
@@ -129,9 +96,10 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
             if empty:
                 raise ValueError(f"input_ids row {empty[0]} is empty (attention_mask all 0): every prompt "
                                  "needs at least one token")
-            if not bool(mask[:, -1].all()):
-                raise ValueError("input_ids is right-padded (attention_mask has 0 in the last column); decoder-only "
-                                 "generation needs left padding: tokenizer.padding_side = 'left'")
+            if ids.shape[0] > 1 and not bool(mask[:, -1].all()):  # HF warns and runs (the mask keeps it exact)
+                warnings.warn("A decoder-only architecture is being used, but right-padding was detected! For correct "
+                              "generation results, please set `padding_side='left'` when initializing the tokenizer.",
+                              UserWarning, stacklevel=3)
     else:
         raise TypeError(f"input_ids must be a LongTensor [batch, length] or a list of token-id lists, "
                         f"got {type(input_ids).__name__}")
@@ -146,7 +114,8 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
         mask = None
     lengths = mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
     safe = pad if 0 <= pad < embed_size else 0
-    model_ids = ids if mask is None else ids.masked_fill(~mask, safe)
+    # the model reads pads as given (HF does; a right pad's logits are the next token's), unless not an id
+    model_ids = ids if mask is None else ids.masked_fill(~mask & ((ids < 0) | (ids >= embed_size)), safe)
     return Prompt(given=ids.to(device), ids=model_ids.to(device), mask=None if mask is None else mask.to(device),
                   lengths=lengths.to(device), max_len=int(lengths.max()), embed_size=embed_size)
 
@@ -155,8 +124,8 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     """max_new_tokens / min_new_tokens of this call from HF's length arguments (which count the
     padded prompt), then the position limit."""
     T = prompt.width
-    limit = _max_positions(model)
-    if prompt.max_len > (limit or prompt.max_len):
+    limit = model.max_positions
+    if prompt.max_len > (limit or prompt.max_len) and not model.runs_past_max_positions:
         raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
                          f"{limit} positions (max_position_embeddings); shorten the prompt")
     if cfg.max_new_tokens is not None:
@@ -171,9 +140,7 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
         if max_new < 1:
             raise ValueError(f"input_ids has length {T}, which leaves no room under the model's {limit} "
                              "positions; shorten the prompt")
-    if limit and prompt.max_len + max_new > limit:
-        raise ValueError(f"the prompt ({prompt.max_len} tokens) + max_new_tokens ({max_new}) exceeds the model's "
-                         f"{limit} positions (max_position_embeddings); lower max_new_tokens")
+    check_positions(model, prompt.max_len, max_new)
     cfg.max_new_tokens = max_new
     if cfg.min_new_tokens is None:
         cfg.min_new_tokens = max(0, (cfg.min_length or 0) - T)
@@ -188,21 +155,96 @@ def _stop_strings(cfg):
     return StopStrings(cfg.stop_strings, tok)
 
 
-def generate(model, input_ids, attention_mask=None, **kwargs) -> GenerationOutput:
-    """Generate from `model` (an HF causal LM or a native decoder) with HF's arguments; see
-    DESIGN.md 3.1. Every argument is checked before the first forward."""
+def generate(model, input_ids=None, attention_mask=None, **kwargs) -> GenerationOutput:
+    """Generate from `model` (an HF causal LM or a native decoder) with Hugging Face's arguments.
+
+    Exactly HF's answer, faster: greedy and beam search are token-identical to HF `generate` in
+    fp32, sampling modes sample HF's distribution. Every argument is checked before the first
+    forward; bad values raise ValueError / TypeError naming the argument, an HF argument the engine
+    does not implement raises NotImplementedError naming it (decoding.hf.install falls back to HF).
+
+    Arguments resolve as HF's own `generate` resolves them: what you pass, then `generation_config=`,
+    then the model's generation config (a native model: its config's special tokens), then HF's
+    defaults (shown in brackets).
+
+    Input:
+        model: an HF causal LM (run through an adapter) or a native decoder (models.LlamaDecoder,
+            models.yoco.YOCODecoder; anything with vocab_size, new_cache() and forward()).
+        input_ids (or inputs=, as HF names it): a (B, T) LongTensor, or a list of B token-id lists
+            of any lengths (left-padded for you; then leave attention_mask out); None starts from
+            [[bos_token_id]] as HF does.
+        attention_mask: (B, T) 0/1 for a padded tensor batch; left padding is the norm, right
+            padding and holes run as HF runs them (with HF's warning).
+
+    Length and stopping:
+        max_new_tokens [max_length=20 counting the prompt], min_new_tokens, max_length, min_length;
+        eos_token_id (an id or a list; pass None to never stop at eos), pad_token_id (fills rows
+        that stopped), bos_token_id; stop_strings (str or list) with tokenizer= (encode/decode).
+
+    Modes (chosen from the arguments, as in HF):
+        greedy: the default (do_sample=False [False], num_beams=1 [1]).
+        sampling: do_sample=True with temperature [1.0], top_k [50; 0 = off], top_p [1.0], min_p,
+            in HF's processing order; seed= (an int) or generator= (a torch.Generator) reproduces
+            a sample.
+        any mode: repetition_penalty [1.0], logits_processor= (HF LogitsProcessors or callables
+            (input_ids, scores) -> scores).
+        beam search: num_beams > 1, length_penalty [1.0], early_stopping [False; True or "never"],
+            num_return_sequences [1]; diverse beam search: num_beam_groups > 1 with
+            diversity_penalty > 0.
+        speculative decoding: assistant_model= (a draft sharing the tokenizer) with
+            num_assistant_tokens [20] (draft tokens per target forward),
+            num_assistant_tokens_schedule ["constant"; "heuristic" adapts it],
+            assistant_confidence_threshold [0.4]; or prompt_lookup_num_tokens= (drafts copied from
+            n-grams of the prompt, max_matching_ngram_size). Greedy: token-identical to greedy;
+            sampling: exactly the target's distribution.
+        the engine's own parallel modes, strategy=:
+            "jacobi" / "gs_jacobi" (Gauss-Seidel-Jacobi): greedy, token-identical to greedy;
+            "sjd" (speculative Jacobi decoding): do_sample=True, the target's distribution;
+                block_size [4] guesses per forward, jacobi_init ["pad"; "repeat", "ngram"].
+            "blockwise" (blockwise parallel decoding): heads= (a directory from
+                models.training.train_heads or a models.heads module; default the shipped heads,
+                for the shipped target only), block_size [all heads],
+                acceptance ["exact": token-identical to greedy; "topk": lossy, acceptance_top_k [2]].
+
+    Output and streaming:
+        output_scores (per-step processed scores, HF layout); return_dict_in_generate and use_cache
+        are accepted (the engine always returns a GenerationOutput and always caches).
+        streamer=: HF's put/end protocol (transformers.TextStreamer, TextIteratorStreamer); steps
+        that accept several tokens push them together. Beam search also calls
+        streamer.put_hypotheses(row, token_ids, first_changed) when the streamer has it
+        (decoding.beam_streamer.BeamTextStreamer shows the best beam live).
+
+    Returns a GenerationOutput:
+        sequences: (B * num_return_sequences, T + new) ids, prompt included, HF's layout;
+        scores: per-step (B * n, V) scores when output_scores=True; sequences_scores: beam modes;
+        stats: new_tokens, prefill_tokens, target_forwards, draft_forwards, tau (tokens emitted
+            per target forward a row took part in: 1.0 for greedy, the speedup's upper bound for
+            speculative / parallel modes), accept_rate_by_position, wall_s and tokens_per_s (the
+            whole call, prefill included), kv_cache_bytes (peak).
+    """
     start = time.perf_counter()
+    if "inputs" in kwargs:
+        inputs = kwargs.pop("inputs")
+        if input_ids is not None and inputs is not None:
+            raise ValueError("the prompt was passed twice (`inputs` and `input_ids`); pass one of them")
+        input_ids = inputs if inputs is not None else input_ids
     target = as_decoder(model)
+    extra = {k: kwargs.pop(k) for k in hf_call.MODEL_INPUTS if k in kwargs}  # HF's model kwargs
     cfg, _ = resolve(target, kwargs)
+    hf_call.check(target, extra, cfg)
+    if input_ids is None:
+        raise ValueError("input_ids is required: pass the prompt's token ids [batch, length]")
     prompt = prepare_prompt(input_ids, attention_mask, target, cfg)
+    hf_call.check_shapes(extra, prompt)
     plan_lengths(cfg, prompt, target)
     stop = _stop_strings(cfg)
     if cfg.generator is not None and cfg.generator.device.type != prompt.ids.device.type:
         raise ValueError(f"generator is on {cfg.generator.device}, the model on {prompt.ids.device}; "
                          "create the generator on the model's device")
     run = strategies.select(cfg)
-    with torch.inference_mode():
+    with torch.inference_mode(), hf_call.bound(target, extra, cfg, prompt) as call:
         out = run(target, prompt, cfg, stop)
+    hf_call.attach(out, call, cfg)
     stats = out.stats
     stats.prefill_tokens = int(prompt.lengths.sum())
     stats.wall_s = time.perf_counter() - start

@@ -19,14 +19,15 @@ first step, `put(new_token_ids)` once with each row's returned best sequence ((B
 one prompt just its tokens), then `end()`. A plain `transformers.TextStreamer` thus prints the
 answer once, at the end; a streamer without `put_hypotheses` sees nothing in between.
 
-`BeamTextStreamer` shows one row live, rewriting the changed tail in place. For a CLI:
+`BeamTextStreamer` shows one row: on a terminal a single line revised in place, then the answer;
+elsewhere the answer alone, as plain text. For a CLI:
 
     streamer = BeamTextStreamer(tokenizer) if num_beams > 1 else transformers.TextStreamer(tokenizer)
     decoding.generate(model, ids, num_beams=4, streamer=streamer)
 """
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 
 from torch import Tensor
@@ -66,40 +67,65 @@ class HypothesisFeed:
 
 
 class BeamTextStreamer:
-    """Prints the best hypothesis of one batch row as it changes: new text is appended, changed
-    text is rubbed out with backspaces first (a change reaching back past a line break reprints the
-    hypothesis on a fresh line, since a terminal cannot back up across lines)."""
+    """Shows the best hypothesis of one batch row (prompt, then completion).
 
-    def __init__(self, tokenizer, row: int = 0, stream=None, **decode_kwargs):
-        self.tokenizer, self.row = tokenizer, row
+    On a terminal (live): one status line, rewritten in place ('\\r' + erase line) after every step
+    with the tail of the current best text that fits the terminal's width (newlines shown as '↵'),
+    so an abandoned hypothesis never stays on screen; at the end that line gives way to the answer,
+    printed once in full. Elsewhere (a pipe, a file): the answer alone, once, as plain text: no
+    control characters. `live` overrides the terminal check."""
+
+    LINE_BREAK = "\u21b5"  # ↵
+
+    def __init__(self, tokenizer, row: int = 0, stream=None, *, live: bool | None = None,
+                 skip_prompt: bool = False, **decode_kwargs):
+        self.tokenizer, self.row, self.skip_prompt = tokenizer, row, skip_prompt
         self.stream = stream if stream is not None else sys.stdout
+        if live is None:
+            isatty = getattr(self.stream, "isatty", None)
+            live = bool(isatty()) if callable(isatty) else False
+        self.live = live
         self.decode_kwargs = {"skip_special_tokens": True, **decode_kwargs}
-        self.text = ""  # what is on screen
+        self.prompt = None  # the prompt's text, from HF's first put()
+        self.text = ""  # the current best completion
+        self.shown = False  # a live line is on screen
 
     def _decode(self, tokens: list[int]) -> str:
         try:
             return self.tokenizer.decode(tokens, **self.decode_kwargs)
-        except TypeError:  # a tokenizer without HF's keyword arguments (e.g. SentencePiece)
+        except TypeError:  # a tokenizer without HF's keyword arguments
             return self.tokenizer.decode(tokens)
+
+    def _width(self) -> int:
+        return max(20, shutil.get_terminal_size((80, 24)).columns - 1)  # the last column would wrap
+
+    def _line(self) -> str:
+        """The tail of prompt + best completion as one line of printable characters."""
+        text = ("" if self.skip_prompt else self.prompt or "") + self.text
+        text = text.replace("\r\n", "\n").replace("\n", self.LINE_BREAK).replace("\t", " ")
+        text = "".join(c if c.isprintable() else "?" for c in text)
+        width = self._width()
+        return text if len(text) <= width else "\u2026" + text[-(width - 1):]  # …tail
 
     def put_hypotheses(self, row: int, token_ids: list[int], first_changed: int) -> None:
         if row != self.row:
             return
-        text = self._decode(list(token_ids))
-        keep = len(os.path.commonprefix([self.text, text]))
-        gone = self.text[keep:]
-        if "\n" in gone:
-            out = "\n" + text
-        else:
-            out = "\b" * len(gone) + " " * len(gone) + "\b" * len(gone) + text[keep:]
-        self.text = text
-        self.stream.write(out)
-        self.stream.flush()
+        self.text = self._decode(list(token_ids))
+        if self.live:
+            self.stream.write("\r\x1b[K" + self._line())  # back to column 0, erase the line, redraw
+            self.stream.flush()
+            self.shown = True
 
     def put(self, value) -> None:
-        """HF's protocol: the prompt, then the final answer, which put_hypotheses already showed."""
+        """HF's protocol: first the prompt ((B, T) or (T,) ids), then the final answer, which the last
+        put_hypotheses call already carried."""
+        if self.prompt is None:
+            ids = value[self.row] if value.dim() == 2 else value
+            self.prompt = self._decode(ids.tolist())
 
     def end(self) -> None:
-        self.stream.write("\n")
+        clear = "\r\x1b[K" if self.shown else ""
+        prompt = "" if self.skip_prompt else self.prompt or ""
+        self.stream.write(clear + prompt + self.text + "\n")
         self.stream.flush()
-        self.text = ""
+        self.prompt, self.text, self.shown = None, "", False

@@ -1,92 +1,22 @@
-"""`python -m decoding generate ...` and `python -m decoding bench ...`.
+"""`python -m decoding generate ...`, `python -m decoding viz ...` and `python -m decoding bench ...`.
 
 generate: load a model directory (a native checkpoint or an HF model directory; the shipped target
-when --model is left out), stream the completion as it is decoded, then print one stats line.
-Every engine option is passed through only when given, so the engine resolves defaults as HF does
-and answers what it cannot run with its own NotImplementedError (exit code 2).
+when --model is left out), read the prompts (--prompt, repeatable; --prompt-file; or piped stdin),
+decode them as one batch, print each completion (one prompt streams as it is decoded), then one
+stats line. Every engine option is passed through only when given, so the engine resolves defaults
+as HF does and answers what it cannot run with its own NotImplementedError (exit code 2).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 from pathlib import Path
 
 from models.artifacts import SHIPPED
 
-EXIT_LOAD, EXIT_USAGE = 1, 2
-SMALL_MODEL = 50_000_000  # parameters; below this, one CPU thread decodes fastest
-
-
-class CLIError(Exception):
-    """A message for the user and an exit code, no traceback."""
-
-    def __init__(self, message: str, code: int = EXIT_LOAD):
-        super().__init__(message)
-        self.code = code
-
-
-# -- loading -------------------------------------------------------------------------------------
-
-def _model_type(directory: Path) -> str:
-    if not directory.exists():
-        raise CLIError(f"no such model directory: {directory}")
-    if not directory.is_dir():
-        raise CLIError(f"{directory} is a file; --model takes a directory (safetensors + config.json)")
-    config = directory / "config.json"
-    if not config.exists():
-        raise CLIError(f"{directory} is not a model directory: it has no config.json (expected a native "
-                       "checkpoint or a Hugging Face model directory: config.json + *.safetensors)")
-    try:
-        return json.loads(config.read_text()).get("model_type", "")
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{config} is not valid JSON: {e}") from None
-
-
-def load_model(path, *, device, dtype, native: bool = False):
-    """A native decoder (native checkpoints; HF Llama-family directories with native=True) or an HF
-    causal LM (any other HF directory, run through the adapter)."""
-    import torch
-    directory = Path(path) if path is not None else SHIPPED / "target"
-    kind = _model_type(directory)
-    try:
-        if kind.startswith("native_") or native:
-            from models import checkpoint
-            model = checkpoint.load(directory, dtype=dtype, device=device)
-        else:
-            from transformers import AutoModelForCausalLM
-            model = AutoModelForCausalLM.from_pretrained(directory).eval()
-            model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    except CLIError:
-        raise
-    except Exception as e:  # safetensors, config and transformers errors: all "this cannot be loaded"
-        raise CLIError(f"cannot load a model from {directory}: {type(e).__name__}: {e}") from None
-    return model.eval() if isinstance(model, torch.nn.Module) else model
-
-
-def _vocab(model) -> int:
-    return int(getattr(model, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
-
-
-def load_tokenizer(path, model_dir, model):
-    """--tokenizer, else the model directory's own, else the shipped one if the vocabularies agree."""
-    from models.tokenizer import Tokenizer
-    for candidate in ([Path(path)] if path else []) + ([Path(model_dir)] if model_dir else []):
-        if candidate.is_file():
-            return Tokenizer.load(candidate)
-        if (candidate / "tokenizer.json").exists() or (candidate / "tokenizer_config.json").exists():
-            from transformers import AutoTokenizer
-            return AutoTokenizer.from_pretrained(candidate)
-        if (candidate / "tokenizer.model").exists():
-            return Tokenizer.load(candidate / "tokenizer.model")
-        if path and candidate == Path(path):
-            raise CLIError(f"no tokenizer at {candidate} (a .model file or a directory with tokenizer files)")
-    tok = Tokenizer.load()
-    if tok.vocab_size != _vocab(model):
-        raise CLIError(f"{model_dir} has no tokenizer and its vocabulary ({_vocab(model)}) is not the shipped "
-                       f"tokenizer's ({tok.vocab_size}); pass --tokenizer PATH")
-    return tok
-
+from .cli_common import (EXIT_USAGE, CLIError, add_prompt_args, check_heads, check_tokenizer_path, default_path,
+                         encode_prompts, load_model, load_tokenizer, model_type, read_prompts, use_threads)
 
 # -- generate ------------------------------------------------------------------------------------
 
@@ -119,50 +49,95 @@ def stats_line(stats) -> str:
     return line + "]"
 
 
-def cmd_generate(args) -> int:
+def pick_device(name: str):
     import torch
     try:
-        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as e:
-        raise CLIError(f"--device {args.device}: {e}", EXIT_USAGE) from None
-    # fp16 matmuls are slow on CPUs: the shipped fp16 weights run in fp32 there unless asked otherwise
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
-    if args.dtype == "auto" and device.type == "cpu":
-        dtype = torch.float32
-    model = load_model(args.model, device=device, dtype=dtype, native=args.native)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
-        torch.set_num_threads(1)  # a small model's step is per-op overhead: more threads only add sync cost
-    tok = load_tokenizer(args.tokenizer, args.model or SHIPPED / "target", model)
-    kw = engine_kwargs(args)
-    if args.assistant is not None:
-        kw["assistant_model"] = load_model(args.assistant, device=device, dtype=dtype, native=args.native)
-    if args.stop:
-        kw["tokenizer"] = tok
-    ids = tok(args.prompt)["input_ids"]
-    if not ids:
-        raise CLIError("the prompt encodes to no tokens; pass some text", EXIT_USAGE)
-    if (args.num_return_sequences or 1) == 1 and not args.no_stream:
-        if (args.num_beams or 1) > 1:  # the best beam changes as it goes: it is rewritten in place
-            from .beam_streamer import BeamTextStreamer
-            print(args.prompt, end="", flush=True)
-            kw["streamer"] = BeamTextStreamer(tok)
-        else:  # HF's own TextStreamer: the engine speaks HF's put/end protocol
-            from transformers import TextStreamer
-            kw["streamer"] = TextStreamer(tok, skip_special_tokens=True)
+        raise CLIError(f"--device {name}: {e}", EXIT_USAGE) from None
 
+
+def pick_dtype(name: str, device):
+    """fp16 matmuls are slow on CPUs: the shipped fp16 weights run in fp32 there unless asked otherwise."""
+    import torch
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else None
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def check_inputs(args) -> None:
+    """Every path the command will read, before anything is loaded or decoded."""
+    model_type(Path(args.model) if args.model else default_path("target"))
+    check_tokenizer_path(args.tokenizer)
+    if args.assistant is not None:
+        model_type(Path(args.assistant), "--assistant")
+    if args.heads is not None:
+        check_heads(args.heads)
+
+
+def make_streamer(args, tok, batch_size: int):
+    """One prompt and one sequence stream as they are decoded; a batch prints at the end."""
+    if args.no_stream or batch_size > 1 or (args.num_return_sequences or 1) > 1:
+        return None
+    if (args.num_beams or 1) > 1:  # the best beam changes as it goes: revised in place on a terminal
+        from .beam_streamer import BeamTextStreamer
+        return BeamTextStreamer(tok)
+    from transformers import TextStreamer  # HF's own: the engine speaks HF's put/end protocol
+    return TextStreamer(tok, skip_special_tokens=True)
+
+
+def run_generate(model, batch: list[list[int]], kw: dict):
+    """decoding.generate on the batch (left-padded by the engine), its errors as CLIErrors."""
     import decoding
     try:
-        out = decoding.generate(model, torch.tensor([ids], device=device), **kw)
+        return decoding.generate(model, batch, **kw)
     except NotImplementedError as e:
         raise CLIError(f"not implemented: {e}", EXIT_USAGE) from None
     except (ValueError, TypeError) as e:
         raise CLIError(f"invalid arguments: {e}", EXIT_USAGE) from None
-    if "streamer" not in kw:
-        texts = tok.batch_decode(out.sequences.tolist(), skip_special_tokens=True)
-        for i, text in enumerate(texts):
-            print(f"--- sequence {i} ---\n{text}" if len(texts) > 1 else text)
+    except OSError as e:  # a file the engine reads itself (heads, ...)
+        raise CLIError(str(e)) from None
+
+
+def print_outputs(out, tok, batch: list[list[int]], n: int) -> None:
+    """Every returned sequence (prompt + completion), headed by its prompt and sequence number when
+    there are several."""
+    width = max(map(len, batch))
+    rows = out.sequences.tolist()
+    for r, row in enumerate(rows):
+        i, j = divmod(r, n)
+        text = tok.decode(row[width - len(batch[i]):], skip_special_tokens=True)  # left pads dropped
+        if len(rows) > 1:
+            head = [f"prompt {i + 1}"] * (len(batch) > 1) + [f"sequence {j + 1}"] * (n > 1)
+            print(f"--- {', '.join(head)} ---")
+        print(text)
+
+
+def cmd_generate(args) -> int:
+    check_inputs(args)
+    prompts = read_prompts(args)
+    device = pick_device(args.device)
+    if args.tensor_parallel:  # under torchrun: join the world, load this rank's shard (decoding/cli_parallel.py)
+        from .cli_parallel import join, load_sharded
+        device = join(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model = (load_sharded(args.model or SHIPPED / "target", device=device, dtype=dtype, native=args.native)
+             if args.tensor_parallel else load_model(args.model, device=device, dtype=dtype, native=args.native))
+    use_threads(args.threads, model, device)
+    tok = load_tokenizer(args.tokenizer, args.model or SHIPPED / "target", model)
+    batch = encode_prompts(tok, prompts)
+    kw = engine_kwargs(args)
+    if args.assistant is not None:
+        kw["assistant_model"] = load_model(args.assistant, device=device, dtype=dtype, native=args.native,
+                                           flag="--assistant")
+    if args.stop:
+        kw["tokenizer"] = tok
+    streamer = make_streamer(args, tok, len(batch))
+    if streamer is not None:
+        kw["streamer"] = streamer
+    out = run_generate(model, batch, kw)
+    if streamer is None:
+        print_outputs(out, tok, batch, args.num_return_sequences or 1)
     print(stats_line(out.stats), flush=True)
     return 0
 
@@ -193,10 +168,12 @@ def _add_generate(sub) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when there is one)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype (auto: float32 on CPU, the checkpoint's own on GPU)")
+    g.add_argument("--tensor-parallel", action="store_true", help="shard the model over the processes of torchrun "
+                   "(torchrun --nproc-per-node N -m decoding generate --tensor-parallel ...); rank 0 prints")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one for models under 50M "
                    "parameters, else torch's default)")
     g = p.add_argument_group("prompt and length")
-    g.add_argument("--prompt", required=True, help="text to complete")
+    add_prompt_args(g)
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     g.add_argument("--min-new-tokens", type=int, help="do not stop (eos) before this many new tokens")
     g.add_argument("--ignore-eos", action="store_true", help="never stop at eos (fixed-length output)")
@@ -232,7 +209,7 @@ def _add_generate(sub) -> None:
                    "or blockwise parallel decoding")
     g.add_argument("--block-size", type=int, help="Jacobi/GS-Jacobi/SJD guess block length")
     g.add_argument("--jacobi-init", choices=JACOBI_INITS, help="how a fresh guess block is filled")
-    g.add_argument("--heads", metavar="PATH", help="blockwise proposal heads (default: the shipped heads)")
+    g.add_argument("--heads", metavar="PATH", help="blockwise proposal heads directory (default: the shipped heads)")
     g.add_argument("--acceptance", choices=ACCEPTANCES, help="blockwise acceptance; topk is the lossy mode")
     g.add_argument("--acceptance-top-k", type=int, help="k of the top-k relaxed acceptance")
     p.set_defaults(func=cmd_generate)
@@ -251,13 +228,24 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """Run bench/NAME.py through bench's own front (bench/__main__.py), imported by name at call time:
+    the engine does not depend on the benchmarks, which live in the repository, not the library."""
+    try:
+        front = importlib.import_module("bench.__main__")
+    except ImportError as e:
+        raise CLIError(f"the bench verb runs the repository's bench/ scripts, which cannot be imported here "
+                       f"({type(e).__name__}: {e}); run it from a checkout of the repository after "
+                       "`pip install -e .`") from None
+    return front.run(argv)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # everything after NAME belongs to the script's own parser
-        from bench.__main__ import run
-        return run(argv[1:])
-    args = parser().parse_args(argv)
     try:
+        if argv[:1] == ["bench"]:  # everything after NAME belongs to the script's own parser
+            return cmd_bench(argv[1:])
+        args = parser().parse_args(argv)
         return args.func(args)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -30,6 +30,10 @@ class GenerationConfig:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    bad_words_ids: list | None = None
+    sequence_bias: Any = None
+    remove_invalid_values: bool | None = None
     num_beams: int | None = None
     num_beam_groups: int | None = None
     diversity_penalty: float | None = None
@@ -43,7 +47,11 @@ class GenerationConfig:
     # outputs
     use_cache: bool | None = None
     output_scores: bool | None = None
+    output_logits: bool | None = None
+    output_hidden_states: bool | None = None
+    output_attentions: bool | None = None
     return_dict_in_generate: bool | None = None
+    cache_implementation: str | None = None
     stop_strings: str | list[str] | None = None
     # assisted / speculative decoding
     num_assistant_tokens: int | None = None
@@ -85,24 +93,20 @@ NOT_IMPLEMENTED: dict = {}
 
 # HF arguments outside the engine's scope: accepted while off, NotImplementedError when on.
 HF_OTHER = {
-    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
-    "encoder_repetition_penalty": (None, 1.0), "bad_words_ids": (None,), "force_words_ids": (None,),
-    "constraints": (None,), "sequence_bias": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "encoder_repetition_penalty": (None, 1.0), "force_words_ids": (None,),
+    "constraints": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
     "eta_cutoff": (None, 0.0), "top_h": (None,), "penalty_alpha": (None,), "dola_layers": (None,),
     "guidance_scale": (None, 1.0), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "remove_invalid_values": (None, False),
-    "renormalize_logits": (None, False), "exponential_decay_length_penalty": (None,), "max_time": (None,),
-    "output_attentions": (None, False), "output_hidden_states": (None, False), "output_logits": (None, False),
+    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "renormalize_logits": (None, False), "exponential_decay_length_penalty": (None,), "max_time": (None,),
     "watermarking_config": (None,), "token_healing": (None, False), "low_memory": (None, False),
     "use_mtp": (None, False), "assistant_early_exit": (None,), "stopping_criteria": (None, ()),
     "prefix_allowed_tokens_fn": (None,), "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,),
     "synced_gpus": (None, False), "custom_generate": (None,), "assistant_tokenizer": (None,),
-    "past_key_values": (None,), "cache": (None,), "inputs_embeds": (None,), "position_ids": (None,),
-    "token_type_ids": (None,),
 }
 
 # HF arguments that cannot change the result here: accepted and ignored.
-IGNORED = {"cache_implementation", "cache_config", "compile_config", "disable_compile", "trust_remote_code",
+IGNORED = {"cache_config", "disable_compile", "compile_config", "trust_remote_code",
            "return_legacy_cache", "is_assistant", "assistant_lookbehind",
            "target_lookbehind", "decoder_start_token_id", "use_model_defaults", "prefill_chunk_size"}
 
@@ -148,18 +152,10 @@ def _config_items(obj) -> dict:
 
 
 def model_defaults(model) -> dict:
-    """The model's own generation settings: an HF model's generation_config, or a native model's
-    config special tokens."""
-    gc = getattr(model, "generation_config", None)
-    if gc is not None:
-        return _config_items(gc)
-    cfg = getattr(model, "config", None)
-    out = {}
-    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        value = getattr(cfg, name, None)
-        if value is not None:
-            out[name] = value
-    return out
+    """The model's own generation settings, as it declares them (models/protocol.py: an HF model's
+    generation_config over its config's special tokens; a native model's special tokens)."""
+    from .capabilities import as_decoder
+    return as_decoder(model).generation_defaults
 
 
 def check_names(kwargs: dict, source: str = "generate()", strict: bool = True, unknown_only: bool = False) -> None:
@@ -220,12 +216,19 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     # HF's max_length counts the prompt; set anywhere, it replaces the default of 20 new tokens
     cfg.max_length_set = cfg.max_length is not None and (
         "max_length" in kwargs or "max_length" in from_obj or "max_length" in from_model)
-    normalise(cfg)
-    validate(cfg)  # bad values first, then what is not implemented
+    # what the engine does not run is decided before any value is checked, so that decoding.hf falls
+    # back to HF's generate (which judges the values itself) instead of raising
     check_names(kwargs)
     check_names(from_obj, "generation_config", strict=False)
     check_names(from_model, "the model's generation_config", strict=False)
+    normalise(cfg)
+    check_supported(cfg)
+    validate(cfg)
     warn_idle(cfg, explicit)
+    compile_config = kwargs.get("compile_config", from_obj.get("compile_config"))
+    if compile_config is not None:  # HF compiles only static caches, which fall back (cache_implementation)
+        warnings.warn("You have set `compile_config`, but we are unable to meet the criteria for compilation. "
+                      "Compilation will be skipped.", UserWarning, stacklevel=3)
     return cfg, explicit
 
 
@@ -248,11 +251,22 @@ def normalise(cfg: GenerationConfig) -> None:
         eos = list(eos) or None
     elif eos is not None:
         eos = [eos]
-    cfg.eos_token_id = eos
     if isinstance(cfg.pad_token_id, torch.Tensor):
         cfg.pad_token_id = int(cfg.pad_token_id)
     if cfg.pad_token_id is None and eos:
-        cfg.pad_token_id = eos[0]
+        cfg.pad_token_id = eos[0]  # HF takes it before looking at the values
+    if eos and any(isinstance(t, int) and not isinstance(t, bool) and t < 0 for t in eos):
+        # HF warns and keeps them; a negative id never matches a token, so they never stop a row
+        warnings.warn(f"`eos_token_id` should consist of positive integers, but is {eos}. Your generation will not "
+                      "stop until the maximum length is reached. Depending on other flags, it may even crash.",
+                      UserWarning, stacklevel=4)
+        eos = [t for t in eos if not (isinstance(t, int) and t < 0)] or None
+    cfg.eos_token_id = eos
+    if cfg.remove_invalid_values is None:
+        cfg.remove_invalid_values = False
+    if cfg.no_repeat_ngram_size is not None and not isinstance(cfg.no_repeat_ngram_size, bool) \
+            and isinstance(cfg.no_repeat_ngram_size, int) and cfg.no_repeat_ngram_size <= 0:
+        cfg.no_repeat_ngram_size = None  # HF builds no processor for 0 (or less)
     if isinstance(cfg.stop_strings, str):
         cfg.stop_strings = [cfg.stop_strings]
 
@@ -300,8 +314,15 @@ def validate(cfg: GenerationConfig) -> None:
         for t in getattr(cfg, name) or []:
             if isinstance(t, bool) or not isinstance(t, int) or t < 0:
                 raise ValueError(f"`{name}` must be a non-negative token id or a list of them, got {_short(t)}")
-    for name in ("pad_token_id", "bos_token_id"):
-        _int(getattr(cfg, name), name, 0)
+    _int(cfg.bos_token_id, "bos_token_id", 0)
+    if cfg.pad_token_id is not None and (isinstance(cfg.pad_token_id, bool) or not isinstance(cfg.pad_token_id, int)):
+        raise ValueError(f"`pad_token_id` must be an integer token id, got {_short(cfg.pad_token_id)}")
+    for name in ("output_logits", "output_hidden_states", "output_attentions", "remove_invalid_values"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be True or False, got {_short(value)}")
+    _int(cfg.no_repeat_ngram_size, "no_repeat_ngram_size", 1)
+    validate_word_lists(cfg)
     if cfg.stop_strings is not None:
         if not isinstance(cfg.stop_strings, (list, tuple)) or not cfg.stop_strings or \
                 not all(isinstance(s, str) and s for s in cfg.stop_strings):
@@ -324,6 +345,51 @@ def validate(cfg: GenerationConfig) -> None:
     validate_engine_args(cfg)
 
 
+def _token_list(seq) -> bool:
+    return isinstance(seq, list) and len(seq) > 0 and \
+        all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in seq)
+
+
+def validate_word_lists(cfg: GenerationConfig) -> None:
+    """bad_words_ids and sequence_bias as HF accepts them (ValueError otherwise, as HF)."""
+    bad = cfg.bad_words_ids
+    if bad is not None and (not isinstance(bad, list) or not bad or not all(_token_list(w) for w in bad)):
+        raise ValueError(f"`bad_words_ids` has to be a non-empty list of lists of token ids (non-negative "
+                         f"integers), but is {_short(bad)}")
+    bias = cfg.sequence_bias
+    if bias is None:
+        return
+    if isinstance(bias, dict):
+        ok = bias and all(isinstance(k, tuple) and _token_list(list(k)) and isinstance(v, float)
+                          for k, v in bias.items())
+    else:
+        ok = isinstance(bias, list) and bias and all(
+            isinstance(e, (list, tuple)) and len(e) == 2 and _token_list(e[0]) and isinstance(e[1], float)
+            for e in bias)
+    if not ok:
+        raise ValueError(f"`sequence_bias` has to be a non-empty list of [token ids, float bias] pairs (or a dict "
+                         f"{{tuple of token ids: float}}), but is {_short(bias)}")
+
+
+BEAM_SAMPLING = True  # strategies/beam_sample.py
+CACHES = (None, "dynamic")  # cache_implementation values the engine runs (its own cache is dynamic)
+
+
+def check_supported(cfg: GenerationConfig) -> None:
+    """NotImplementedError naming the argument for HF settings the engine does not run yet."""
+    if cfg.num_beams > 1 and cfg.do_sample is True and cfg.num_beam_groups > 1:
+        return  # an invalid combination: validate_beams raises the ValueError
+    if cfg.num_beams > 1 and cfg.do_sample is True and not BEAM_SAMPLING:
+        raise NotImplementedError("`do_sample=True` with `num_beams > 1` (beam sampling) is not implemented by the "
+                                  "engine yet; call the model's own generate() for it")
+    if cfg.num_beams > 1 and cfg.stop_strings is not None:
+        raise NotImplementedError("`stop_strings` with beam search is not implemented by the engine yet; call "
+                                  "the model's own generate() for it")
+    if cfg.cache_implementation not in CACHES:
+        raise NotImplementedError(f"`cache_implementation={cfg.cache_implementation!r}` is not implemented by the "
+                                  "engine (it runs a dynamic cache); call the model's own generate() for it")
+
+
 def validate_beams(cfg: GenerationConfig) -> None:
     """Beam and diverse beam search settings (HF 5.x / 4.55 rules), then what does not run yet."""
     _int(cfg.num_beam_groups, "num_beam_groups", 1)
@@ -344,12 +410,6 @@ def validate_beams(cfg: GenerationConfig) -> None:
                              f"({cfg.num_beam_groups}): groups have equal sizes")
         if cfg.do_sample:
             raise ValueError("diverse beam search (num_beam_groups > 1) is deterministic: set do_sample=False")
-    if cfg.num_beams > 1 and cfg.do_sample:
-        raise NotImplementedError("beam sampling (do_sample=True with num_beams > 1) is not implemented by the "
-                                  "engine yet; call the model's own generate() for it")
-    if cfg.num_beams > 1 and cfg.stop_strings is not None:
-        raise NotImplementedError("`stop_strings` with beam search is not implemented by the engine yet; call "
-                                  "the model's own generate() for it")
 
 
 def validate_assisted(cfg: GenerationConfig) -> None:

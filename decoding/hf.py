@@ -9,6 +9,8 @@ per argument. `uninstall(model)` removes the instance attribute, so the class's 
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import inspect
 import re
@@ -67,6 +69,21 @@ def is_installed(model) -> bool:
     return _ATTR in vars(model)
 
 
+# calls that ran on the engine vs on HF's generate, and the fallbacks by argument (process-wide;
+# tests read them so that a comparison cannot pass by falling back)
+COUNTS = {"engine": 0, "fallback": 0}
+FALLBACKS: collections.Counter = collections.Counter()
+
+
+def counts() -> dict:
+    return {**COUNTS, "fallbacks": dict(FALLBACKS)}
+
+
+def reset_counts() -> None:
+    COUNTS.update(engine=0, fallback=0)
+    FALLBACKS.clear()
+
+
 def _generate(model, record, args, kwargs):
     hf_generate, signature = record["hf_generate"], record["signature"]
     try:
@@ -81,12 +98,18 @@ def _generate(model, record, args, kwargs):
         inputs = call.pop("input_ids", None)
     elif "input_ids" in call:
         return hf_generate(*args, **kwargs)  # HF's error for a prompt passed twice
-    if not isinstance(inputs, torch.Tensor):  # no prompt (HF starts from bos) or inputs_embeds-style calls
-        return _fallback(record, "inputs", "no input_ids tensor was passed", args, kwargs)
     attention_mask = call.pop("attention_mask", None)
+    if inputs is None and call.get("inputs_embeds") is None:
+        inputs = _bos_prompt(model, call)  # HF starts from bos, batch size 1
+        if inputs is None:
+            return _fallback(record, "inputs", "no prompt and no bos_token_id", args, kwargs)
+    if not isinstance(inputs, torch.Tensor):
+        return _fallback(record, "inputs", "the prompt is not a token-id tensor", args, kwargs)
     streamer = call.get("streamer")
     if streamer is not None:
         call["streamer"] = watched = _Watched(streamer)
+    adapter = _adapter(model)
+    forwards = adapter.forwards if adapter is not None else None
     target = model
     if record.get("native"):
         from models.hf_native import route
@@ -98,11 +121,39 @@ def _generate(model, record, args, kwargs):
             watched.close()
             raise  # text already went out: running HF now would stream it twice
         return _fallback(record, _argument(e), str(e), args, kwargs)
+    except (ValueError, TypeError) as e:
+        streamed = streamer is not None and watched.started
+        if streamed or adapter is None or adapter.forwards != forwards:
+            if streamer is not None:
+                watched.close()
+            raise
+        # the engine refused a value before any work: HF judges it (its own error, or its result)
+        return _fallback(record, _argument(e), str(e), args, kwargs)
     except BaseException:
         if streamer is not None:
             watched.close()  # a TextIteratorStreamer's reader would otherwise wait forever
         raise
+    COUNTS["engine"] += 1
     return _as_hf_output(model, out, call)
+
+
+def _adapter(model):
+    """The engine's adapter of `model` (its forward count tells whether a refusal came before any work)."""
+    from .api import as_decoder
+    try:
+        return as_decoder(model)
+    except (TypeError, NotImplementedError):
+        return None  # the engine call raises the same: a fallback follows
+
+
+def _bos_prompt(model, call: dict):
+    """HF's prompt when none is given: [[bos_token_id]] on the model's device."""
+    bos = _setting(model, call, "bos_token_id", None)
+    if isinstance(bos, torch.Tensor):
+        bos = int(bos)
+    if not isinstance(bos, int) or isinstance(bos, bool) or bos < 0:
+        return None
+    return torch.full((1, 1), bos, dtype=torch.long, device=model.device)
 
 
 def _argument(error: Exception) -> str:
@@ -112,11 +163,14 @@ def _argument(error: Exception) -> str:
 
 
 def _fallback(record, name: str, reason: str, args, kwargs):
+    result = record["hf_generate"](*args, **kwargs)  # HF's own errors propagate as HF raises them
+    COUNTS["fallback"] += 1
+    FALLBACKS[name] += 1
     if name not in record["warned"]:  # once per argument, as HF's warning_once
         record["warned"].add(name)
         warnings.warn(f"decoding.hf: `{name}` runs on Hugging Face's own generate() ({reason.split(';')[0]}); "
                       "this warning is shown once", UserWarning, stacklevel=4)
-    return record["hf_generate"](*args, **kwargs)
+    return result
 
 
 class _Watched:
@@ -165,13 +219,40 @@ def _plain(t):
     return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
 
+def _cache_out(cache):
+    """HF's cache as the caller gets it: tensors made outside inference mode, so that it can be
+    continued from (a later generate() updates it in place)."""
+    if cache is None:
+        return None
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.is_inference():
+                setattr(layer, name, t.clone())
+    for name in ("key_cache", "value_cache"):  # 4.x
+        tensors = getattr(cache, name, None)
+        if isinstance(tensors, list):
+            tensors[:] = [_plain(t) for t in tensors]
+    return cache
+
+
+def _steps(values):
+    if values is None:
+        return None
+    return tuple(tuple(_plain(t) for t in v) if isinstance(v, tuple) else _plain(v) for v in values)
+
+
 def _as_hf_output(model, out, call: dict):
     sequences = _plain(out.sequences)
     if not _setting(model, call, "return_dict_in_generate", False):
         return sequences
     from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-    scores = tuple(_plain(s) for s in out.scores) if out.scores is not None else None
-    if (_setting(model, call, "num_beams", 1) or 1) > 1:
-        return GenerateBeamDecoderOnlyOutput(sequences=sequences, scores=scores,
-                                             sequences_scores=_plain(out.sequences_scores))
-    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
+    beams = (_setting(model, call, "num_beams", 1) or 1) > 1
+    cls = GenerateBeamDecoderOnlyOutput if beams else GenerateDecoderOnlyOutput
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = dict(sequences=sequences, scores=_steps(out.scores), logits=_steps(out.logits),
+              attentions=_steps(out.attentions), hidden_states=_steps(out.hidden_states))
+    kw["cache" if "cache" in fields else "past_key_values"] = _cache_out(out.cache)
+    if beams:
+        kw.update(sequences_scores=_plain(out.sequences_scores), beam_indices=_plain(out.beam_indices))
+    return cls(**{k: v for k, v in kw.items() if k in fields})

@@ -1,4 +1,4 @@
-"""What generate() returns (DESIGN.md 3.1): sequences, optional scores, and fixed-name stats."""
+"""What generate() returns (docs/DESIGN.md 2): sequences, optional scores, and fixed-name stats."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,4 +24,10 @@ class GenerationOutput:
     sequences: Tensor  # (B * num_return_sequences, prompt_len + new)
     scores: tuple[Tensor, ...] | None = None  # per step (B * n, V) processed scores, HF layout
     sequences_scores: Tensor | None = None  # beam modes
+    # HF's other return_dict_in_generate fields (decoding.hf_call fills them for HF models)
+    logits: tuple[Tensor, ...] | None = None  # per step (B * n, V) raw logits
+    hidden_states: tuple | None = None  # per step, per layer
+    attentions: tuple | None = None
+    beam_indices: Tensor | None = None  # beam modes: (B * n, new) flat beam row behind each token, -1 after
+    cache: object = None  # HF's cache object (HF models, use_cache)
     stats: GenerationStats = field(default_factory=GenerationStats)

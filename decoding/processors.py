@@ -80,38 +80,42 @@ class Pipeline:
             self.eos_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             ids = torch.tensor([e for e in cfg.eos_token_id if e < vocab_size], dtype=torch.long, device=device)
             self.eos_mask[ids] = True
+        from .hf_processors import Rules
+        self.rules = Rules(cfg, vocab_size, device)  # sequence_bias, no_repeat_ngram_size, bad_words_ids, ...
         self.user = list(cfg.logits_processor or [])
-        self.warpers = []  # (function name in this module, value): looked up at call time
+        self.warpers: list[tuple[Callable[[Tensor, float], Tensor], float]] = []  # (warper, its setting)
         if cfg.do_sample:
             if cfg.temperature is not None and cfg.temperature != 1.0:
-                self.warpers.append(("temperature", cfg.temperature))
+                self.warpers.append((temperature, cfg.temperature))
             if cfg.top_k:
-                self.warpers.append(("top_k", cfg.top_k))
+                self.warpers.append((top_k, cfg.top_k))
             if cfg.top_p is not None and cfg.top_p < 1.0:
-                self.warpers.append(("top_p", cfg.top_p))
+                self.warpers.append((top_p, cfg.top_p))
             if cfg.min_p is not None:
-                self.warpers.append(("min_p", cfg.min_p))
+                self.warpers.append((min_p, cfg.min_p))
         self.needs_seen = self.penalty is not None
-        self.needs_ids = bool(self.user)
-        self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warpers)
+        self.needs_ids = bool(self.user) or self.rules.needs_ids
+        self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warpers or self.rules.active)
 
     def __call__(self, scores: Tensor, ctx: Context) -> Tensor:
         """scores (N, V) float32 -> processed scores (N, V)."""
         if not self.active:
             return scores
+        scores = self.rules.apply(self.rules.first, scores, ctx)
         if self.penalty is not None:
             scores = repetition_penalty(scores, ctx.seen, self.penalty)
+        scores = self.rules.apply(self.rules.middle, scores, ctx)
         if self.eos_mask is not None:
             if isinstance(ctx.n_new, int):
                 if ctx.n_new < self.min_new:
                     scores = suppress(scores, self.eos_mask)
             else:
                 scores = suppress(scores, self.eos_mask, ctx.n_new < self.min_new)
+        scores = self.rules.apply(self.rules.last, scores, ctx)
         if self.user:
             ids = ctx.ids()
             for fn in self.user:
                 scores = fn(ids, scores)
-        g = globals()
-        for name, value in self.warpers:
-            scores = g[name](scores, value)
+        for warp, value in self.warpers:
+            scores = warp(scores, value)
         return scores

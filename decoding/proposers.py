@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from . import sampling
+from .capabilities import cache_size
 from .state import DecodeState
-from .verify import Proposal, Proposer, Round, Setup, capacity, process
+from .verify import Proposal, Proposer, Round, Setup, process
 
 
 def _empty(state: DecodeState) -> Proposal:
@@ -35,7 +36,7 @@ class DraftProposer(Proposer):
 
     def start(self, setup: Setup) -> None:
         self.setup = setup
-        self.size, self.clamped = capacity(self.model, setup.ids.shape[1], setup.max_new, self.most)
+        self.size, self.clamped = cache_size(self.model, setup.ids.shape[1], setup.max_new, self.most)
         self.cache = self.model.new_cache(setup.ids.shape[0], self.size)
 
     def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int]:

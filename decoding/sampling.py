@@ -40,6 +40,13 @@ def sample(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return multinomial(scores.float().softmax(-1), generator)
 
 
+def sampler(do_sample: bool, generator: torch.Generator | None = None):
+    """The token selection of a run as one value: scores (N, V) -> (N,) tokens."""
+    if not do_sample:
+        return argmax
+    return lambda scores: sample(scores, generator)
+
+
 def uniform(shape, device, generator: torch.Generator | None = None) -> Tensor:
     """U[0, 1) draws from the same generator (for acceptance tests)."""
     return torch.rand(shape, device=device, generator=generator)

@@ -52,7 +52,8 @@ class DecodeState:
         self.seen = None
         if seen_vocab:
             self.seen = torch.zeros(B, seen_vocab, dtype=torch.bool, device=device)
-            real = prompt if prompt_mask is None else prompt.masked_fill(~prompt_mask, seen_vocab)
+            # HF 5.x skips the left pads only: tokens in holes after the first real one count as seen
+            real = prompt if prompt_mask is None else prompt.masked_fill(prompt_mask.long().cumsum(1) == 0, seen_vocab)
             self._mark_seen(real)
         if streamer is not None:
             streamer.put(prompt.cpu())

@@ -1,6 +1,6 @@
 """Propose -> verify -> accept -> roll back: the one loop behind speculative sampling, prompt lookup,
 Jacobi / Gauss-Seidel-Jacobi / speculative Jacobi decoding and blockwise parallel decoding
-(DESIGN.md 2). The algorithms differ only in the proposer and the acceptance rule.
+(docs/DESIGN.md 4). The algorithms differ only in the proposer and the acceptance rule.
 
 One round, every running row b at once:
   1. the proposer guesses up to k next tokens            draft (B, K), K <= k
@@ -33,7 +33,7 @@ Plugging in an algorithm:
 - prompt lookup: proposers.NgramProposer (q = None);
 - Jacobi: propose the previous iterate (observe keeps rnd.scores.argmax past the accepted prefix),
   greedy_accept; SJD: the previous iterate sampled, q = what it was sampled from, sample_accept;
-- blockwise: target_forward = models.heads.target_forward_with_hidden, observe runs the heads on
+- blockwise: target_forward also keeps the target's hidden states, observe runs the heads on
   the hidden state of the last kept position (next round's draft, no extra forward), greedy_accept
   or a top-k relaxed rule.
 """
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import sampling
+from .capabilities import cache_size
 from .output import GenerationOutput
 from .processors import Context, Pipeline
 from .state import DecodeState
@@ -134,9 +135,6 @@ def sample_accept(proposal: Proposal, scores: Tensor, generator=None) -> tuple[T
     return sampling.rejection_sample(proposal.tokens, p, proposal.q, proposal.valid, generator)
 
 
-RULES: dict[str, Callable] = {"greedy": greedy_accept, "sample": sample_accept}
-
-
 # -- processor contexts of draft positions ------------------------------------------------------------
 
 def contexts(state: DecodeState, draft: Tensor, first: int = 0) -> Context:
@@ -202,20 +200,6 @@ def block_scores(pipeline: Pipeline, state: DecodeState, logits: Tensor, draft: 
 
 # -- the loop ----------------------------------------------------------------------------------------
 
-def _limit(model) -> int | None:
-    limit = getattr(model, "max_positions", None)
-    return limit if limit is not None else getattr(getattr(model, "config", None), "max_seq_len", None)
-
-
-def capacity(model, width: int, max_new: int, most: int) -> tuple[int, bool]:
-    """Cache slots for a run: prompt + new tokens + one round of guesses past them (a finished row's
-    masked inputs still take scratch slots in the native cache), clamped to the model's position
-    limit; True when clamped, so that rounds must cap k to the room left."""
-    want = width + max_new + min(most, max_new) + 2
-    limit = _limit(model)
-    return (want, False) if not limit or want <= limit else (limit, True)
-
-
 _trace: ContextVar[list | None] = ContextVar("verify_trace", default=None)
 
 
@@ -251,7 +235,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
     generator = sampling.make_generator(cfg.seed, cfg.generator, device)
     B = state.batch_size
     proposer.start(Setup(ids, mask, lengths, state, pipeline, generator, V, max_new, cfg.do_sample))
-    size, clamped = capacity(target, prompt.width, max_new, schedule.most)
+    size, clamped = cache_size(target, prompt.width, max_new, schedule.most)
     cache = target.new_cache(B, size)
     scores_out = None
     if cfg.output_scores:  # HF layout: one (B, V_target) tensor per new-token column

@@ -1,8 +1,10 @@
-"""Static, preallocated KV cache with per-row lengths and no stored pads (DESIGN.md 3.3)."""
+"""Static, preallocated KV cache with per-row lengths and no stored pads (docs/DESIGN.md 3.2)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .protocol import cache_overflow
 
 
 class StaticCache:
@@ -11,6 +13,7 @@ class StaticCache:
     Truncation is a change of `lengths` only, so decode steps keep fixed shapes (CUDA graphs).
     Slots past a row's length hold garbage and are never attended to.
     """
+    max_rollback = None  # capability (models/protocol.py): any row truncates to any length
 
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
                  *, dtype=torch.float32, device=None):
@@ -44,9 +47,9 @@ class StaticCache:
         """Slot of each new token (mask [B, T], 1 = real). Real tokens go to [len_b, len_b + n_b);
         pads go to the scratch slots after them, which stay invisible."""
         T = mask.shape[1]
-        if int(self.lengths.max()) + T > self.capacity:
-            raise ValueError(f"cache overflow: {int(self.lengths.max())} cached + {T} new tokens > "
-                             f"capacity {self.capacity}; create the cache with a larger max_len")
+        longest = int(self.lengths.max())
+        if longest + T > self.capacity:
+            raise cache_overflow(longest, T, self.capacity)
         rank = mask.long().cumsum(1) - 1  # (B, T) index among the row's real tokens
         n = mask.long().sum(1, keepdim=True)
         pad_rank = n + (1 - mask.long()).cumsum(1) - 1
@@ -57,8 +60,7 @@ class StaticCache:
         row's length before them. The mask-free case of slots_for in two ops and one read-back."""
         longest = int(self.lengths.max())
         if longest + T > self.capacity:
-            raise ValueError(f"cache overflow: {longest} cached + {T} new tokens > "
-                             f"capacity {self.capacity}; create the cache with a larger max_len")
+            raise cache_overflow(longest, T, self.capacity)
         return self.lengths.long()[:, None] + torch.arange(T, device=self.lengths.device), longest
 
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:

@@ -16,7 +16,6 @@ Files: `heads.safetensors` + `heads.json` (the HeadsConfig, which names the targ
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from .artifacts import SHIPPED, shipped
+from .config import DecoderConfig
 
 WEIGHTS, CONFIG = "heads.safetensors", "heads.json"
 KINDS = ("independent", "hydra")
@@ -214,7 +217,7 @@ def target_forward_with_hidden(model, input_ids: Tensor, cache, attention_mask: 
                                *, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One cached target forward -> (logits (B, T, V), final-norm hidden (B, T, dim)), so a verify step
     gets the target's check of the current proposals and the heads' next proposals from one pass."""
-    if "return_hidden" not in inspect.signature(model.forward).parameters:
+    if not model.returns_hidden:  # a capability of the model protocol
         raise TypeError(f"{type(model).__name__} cannot return hidden states; blockwise heads need a native "
                         f"decoder (models.LlamaDecoder)")
     return model(input_ids, cache, positions=positions, attention_mask=attention_mask, return_hidden=True)
@@ -235,6 +238,9 @@ def load_heads(heads, target, *, dtype=None, device=None):
     if isinstance(heads, (BlockwiseHeads, HydraHeads)):
         heads.config.check_target(target, "these heads")
         module = heads
+    elif not isinstance(heads, (str, Path)):
+        raise TypeError(f"heads must be a directory path or a models.heads module (BlockwiseHeads, HydraHeads), "
+                        f"got {type(heads).__name__}")
     else:
         d = Path(heads)
         if not (d / CONFIG).exists() or not (d / WEIGHTS).exists():
@@ -250,3 +256,29 @@ def load_heads(heads, target, *, dtype=None, device=None):
             raise ValueError(f"{d / WEIGHTS} does not match {d / CONFIG}: {e}") from None
     ref = target.lm_head.weight
     return module.to(device=device or ref.device, dtype=dtype or ref.dtype)
+
+
+# -- the shipped heads ----------------------------------------------------------------------------------
+
+def is_shipped_target(model) -> bool:
+    """The shipped target, recognised by its config and a few embedding rows (any dtype)."""
+    c = getattr(model, "config", None)
+    d = SHIPPED / "target"
+    if not isinstance(c, DecoderConfig) or not (d / "config.json").exists():
+        return False
+    if c != DecoderConfig.load(d / "config.json"):
+        return False
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        ref = f.get_slice("embed.weight")[:8].float()
+    with torch.no_grad():  # the lookup, not the weight: a tensor-parallel rank holds other rows
+        mine = model.embed(torch.arange(8, device=model.device)).float().cpu()
+    return torch.allclose(mine, ref, rtol=1e-2, atol=1e-3)
+
+
+def default_heads(target) -> Path:
+    """The shipped heads, which serve the shipped target only; ValueError for any other target."""
+    if not is_shipped_target(target):
+        raise ValueError("strategy='blockwise' needs heads=PATH (or a models.heads.BlockwiseHeads module) "
+                         "trained for this model; the shipped heads (models/shipped/heads) serve only the "
+                         "shipped target. Train heads with `python -m models.training.train_heads --target DIR --out DIR`.")
+    return shipped("heads")

@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from .protocol import check_input_ids
+from .protocol import cache_overflow, check_input_ids, special_tokens
 
 
 def is_hf_model(model) -> bool:
@@ -36,9 +36,21 @@ def _layers(hf_cache) -> list:
     return [(k, v, None) for k, v in zip(getattr(hf_cache, "key_cache", []), getattr(hf_cache, "value_cache", []))]
 
 
+def sliding_window(config) -> int | None:
+    """The window of a config whose sliding-window layers are on (their HF cache forgets keys
+    past it), else None."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or []
+    if not window or getattr(config, "use_sliding_window", True) is False or \
+            (types and not any("sliding" in t for t in types)):
+        return None
+    return window
+
+
 class HFCache:
     """Cache protocol over an HF cache. `valid` (B, slots) int64 marks real keys; `size` (host int)
     is HF's slot count; `lengths` int32 [B] counts real tokens per row."""
+    max_rollback = None  # capability (models/protocol.py); a sliding window limits it (HFModel.rollback_window)
 
     def __init__(self, batch_size: int, max_len: int, device):
         if batch_size < 1 or max_len < 1:
@@ -49,6 +61,11 @@ class HFCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.size = 0
         self.has_holes = False  # host flag: no holes -> no 2D mask, as HF's own generate
+        # (B,) HF's position of a row's next token minus its real-token count: nonzero only where the
+        # prompt's positions are not the real-token count (right pads, caller's position_ids)
+        self.pos_shift: Tensor | None = None
+        self.recorder = None  # models.hf_outputs.Recorder of the current call, if it asks for outputs
+        self.history: dict[str, Tensor] = {}  # use_cache=False: every row's inputs so far (no HF cache)
 
     @property
     def batch_size(self) -> int:
@@ -124,21 +141,28 @@ class HFCache:
             raise ValueError(f"reorder keeps the batch size {self.batch_size}; use select() to change it")
         if self.hf is not None and self.size:
             self.hf.reorder_cache(index)
+        self._rows(index, fan_out=False)
+
+    def _rows(self, index: Tensor, fan_out: bool) -> None:
         self.valid, self.lengths = self.valid[index], self.lengths[index]
+        if self.pos_shift is not None:
+            self.pos_shift = self.pos_shift[index]
+        self.history = {name: t[index] for name, t in self.history.items()}
+        if self.recorder is not None:
+            self.recorder.rows(index, fan_out)
 
     def select(self, index: Tensor) -> None:
         index = self._index(index, "select")
         if self.hf is not None and self.size:
             self.hf.batch_select_indices(index)
-        self.valid, self.lengths = self.valid[index], self.lengths[index]
+        self._rows(index, fan_out=False)
 
     def repeat(self, k: int) -> None:
         if k < 1:
             raise ValueError(f"repeat(k) needs k >= 1, got {k}")
         if self.hf is not None and self.size:
             self.hf.batch_repeat_interleave(k)
-        self.valid = self.valid.repeat_interleave(k, 0)
-        self.lengths = self.lengths.repeat_interleave(k, 0)
+        self._rows(torch.arange(self.batch_size, device=self.lengths.device).repeat_interleave(k), fan_out=True)
 
     def _index(self, index, name: str) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
@@ -149,6 +173,8 @@ class HFCache:
 
 class HFModel:
     """Model protocol over an HF causal LM: `new_cache`, `forward(input_ids, cache, ...) -> logits`."""
+    max_rollback = None  # capabilities (models/protocol.py)
+    returns_hidden = False  # no cheap final-norm hidden state (blockwise heads)
 
     def __init__(self, hf_model):
         if not is_hf_model(hf_model):
@@ -176,6 +202,11 @@ class HFModel:
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
         self.embed_size = int(hf_model.get_input_embeddings().weight.shape[0])  # ids must be below this
         self.max_positions = getattr(text, "max_position_embeddings", None)
+        self.rollback_window = sliding_window(text)
+        self.runs_past_max_positions = True  # as HF's generate: it warns, and the model decides
+        self.hf_passthrough = True
+        self.forwards = 0  # forwards run so far (decoding.hf: did a refusal come before any work?)
+        self.call = None  # CallInputs of the generate() call running now (decoding.hf_call binds it)
 
     @property
     def device(self):
@@ -189,19 +220,35 @@ class HFModel:
     def generation_config(self):
         return getattr(self.hf, "generation_config", None)
 
+    @property
+    def generation_defaults(self) -> dict:
+        """The HF model's generation_config (its set fields) over its config's special tokens."""
+        gc = self.generation_config
+        items = {} if gc is None else gc.to_dict()
+        return {**special_tokens(self.config), **{k: v for k, v in items.items() if v is not None and not k.startswith("_")}}
+
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> HFCache:
         """`max_len` = real tokens per row; HF's cache grows as needed (dtype follows the model)."""
-        if self.max_positions and max_len > self.max_positions:
-            raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
-        return HFCache(batch_size, max_len, device or self.device)
+        cache = HFCache(batch_size, max_len, device or self.device)
+        if self.call is not None:
+            cache.recorder = self.call.recorder
+            self.call.cache = cache
+        return cache
 
     def forward(self, input_ids: Tensor, cache: HFCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         """Append T new tokens (real where attention_mask is 1) to `cache`; logits (B, T', V)."""
         check_input_ids(input_ids, self.embed_size)
-        B, T = input_ids.shape
         if not isinstance(cache, HFCache):
             raise TypeError(f"cache must come from model.new_cache(), got {type(cache).__name__}")
+        call = self.call
+        embeds = None
+        if call is not None and cache.size == 0:
+            if call.past is not None:
+                input_ids, attention_mask, positions = self._continue(cache, call, input_ids, attention_mask)
+            elif call.inputs_embeds is not None:
+                embeds = call.inputs_embeds
+        B, T = input_ids.shape
         if cache.batch_size != B or T == 0:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} does not fit a cache of {cache.batch_size} rows")
         if attention_mask is None:
@@ -215,15 +262,22 @@ class HFModel:
         n_new = T if new_valid is None else new_valid.sum(1)
         # lengths <= size (host), so the exact check (a sync) runs only near the capacity
         if cache.size + T > cache.capacity and int((cache.lengths + n_new).max()) > cache.capacity:
-            raise ValueError(f"cache overflow: {int(cache.lengths.max())} cached + {T} new tokens > capacity "
-                             f"{cache.capacity}; create the cache with a larger max_len")
+            raise cache_overflow(int(cache.lengths.max()), T, cache.capacity)
+        if positions is None and cache.size == 0 and (new_valid is not None or call is not None and
+                                                      call.position_ids is not None):
+            positions = self._prompt_positions(input_ids, new_valid, call)  # HF's own rule
+            cache.pos_shift = positions[:, -1] + 1 - (T if new_valid is None else new_valid.sum(1))
         if positions is None:  # real tokens before each one; pads get 1 (valid for learned positions)
             if new_valid is None:
                 positions = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
             else:
                 positions = (cache.lengths.long()[:, None] + new_valid.cumsum(1) - 1).masked_fill(new_valid == 0, 1)
+            if cache.pos_shift is not None:
+                positions = positions + cache.pos_shift[:, None]
         mask = cache._claim(T, new_valid)
         kwargs = dict(position_ids=positions, use_cache=True, return_dict=True)
+        if call is not None:
+            kwargs.update(call.forward_kwargs(cache.size, B, T))
         if cache.has_holes:
             kwargs["attention_mask"] = mask
             if getattr(self.hf.config, "_attn_implementation", None) == "decoding_decode":
@@ -235,14 +289,101 @@ class HFModel:
             kwargs["cache_position"] = torch.arange(cache.size, cache.size + T, device=input_ids.device)
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        out = self.hf(input_ids=input_ids, **kwargs)
+        model_ids = input_ids
+        if call is not None and call.no_cache:
+            model_ids = self._rerun_all(cache, input_ids, kwargs, T, logits_to_keep)
+        self.forwards += 1
+        if embeds is not None:
+            out = self.hf(inputs_embeds=embeds.to(device=input_ids.device, dtype=self.hf.dtype), **kwargs)
+        else:
+            out = self.hf(input_ids=model_ids, **kwargs)
         hf_cache = out.get("cache", None)
         cache.hf = hf_cache if hf_cache is not None else out.get("past_key_values", None)
         cache.size += T
         cache.lengths += n_new if isinstance(n_new, int) else n_new.to(torch.int32)
+        if cache.recorder is not None:
+            cache.recorder.forward(out)
         logits = out.logits
         if logits_to_keep and not self.takes_logits_to_keep:
             logits = logits[:, -logits_to_keep:]
+        elif call is not None and call.no_cache:
+            logits = logits[:, -(logits_to_keep or T):]
         return logits
 
+    def _continue(self, cache: HFCache, call, input_ids: Tensor, attention_mask: Tensor | None):
+        """Start from the caller's cache of the prompt's first S tokens: HF's own object (updated in
+        place, as HF's generate does), validity from the prompt's mask; the rest of the prompt is fed,
+        at the positions HF gives it (its rule over the whole prompt, cut after S)."""
+        past = call.past
+        S = past.get_seq_length()
+        B, T = input_ids.shape
+        full = torch.ones(B, T, dtype=torch.long, device=input_ids.device) if attention_mask is None \
+            else attention_mask.long()
+        positions = self._prompt_positions(input_ids, full, call)
+        cache._claim(S, full[:, :S])
+        cache.hf, cache.size = past, S
+        cache.lengths += full[:, :S].sum(1).to(torch.int32)
+        cache.has_holes = not bool(full[:, :S].all())
+        cache.pos_shift = positions[:, -1] + 1 - full.sum(1)
+        return input_ids[:, S:], None if attention_mask is None else attention_mask[:, S:], positions[:, S:]
+
+    def _rerun_all(self, cache: HFCache, input_ids: Tensor, kwargs: dict, T: int, logits_to_keep: int) -> Tensor:
+        """HF's use_cache=False: this forward reads the whole sequence so far (ids, positions, token
+        types kept per row in `cache.history`) with no cache, as HF's generate reruns it each step."""
+        step = {"input_ids": input_ids, "position_ids": kwargs["position_ids"]}
+        if "token_type_ids" in kwargs:
+            step["token_type_ids"] = kwargs["token_type_ids"]
+        hist = cache.history
+        for name, t in step.items():
+            hist[name] = t if name not in hist else torch.cat([hist[name], t], 1)
+        kwargs.update(position_ids=hist["position_ids"], use_cache=False)
+        if "token_type_ids" in hist:
+            kwargs["token_type_ids"] = hist["token_type_ids"]
+        kwargs.pop(self.cache_kw, None)
+        if self.needs_cache_position:
+            kwargs["cache_position"] = torch.arange(cache.size + T, device=input_ids.device)
+        if self.takes_logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep or T
+        return hist["input_ids"]
+
     __call__ = forward
+
+    def _prompt_positions(self, input_ids: Tensor, valid: Tensor | None, call) -> Tensor:
+        """Positions of the prompt as HF's generate gives them: the caller's position_ids, else from
+        the attention mask by this transformers version's own rule (pads: 0 in 5.2x, 1 before)."""
+        if call is not None and call.position_ids is not None:
+            return call.position_ids.to(input_ids.device).long()
+        prepare = getattr(self.hf, "_prepare_position_ids_for_generation", None)
+        if prepare is not None:
+            return prepare(input_ids, {"attention_mask": valid}).to(input_ids.device).long()
+        return (valid.cumsum(1) - 1).masked_fill(valid == 0, 1)
+
+
+class CallInputs:
+    """Per-call model inputs HF's generate passes to every forward: token_type_ids (the prompt's,
+    then each row's last value for new tokens, as HF extends them), position_ids of the prompt, and
+    the output flags of the Recorder."""
+
+    def __init__(self, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None, recorder=None,
+                 no_cache: bool = False, inputs_embeds: Tensor | None = None, past=None):
+        self.token_type_ids, self.position_ids, self.recorder = token_type_ids, position_ids, recorder
+        self.no_cache = no_cache  # HF's use_cache=False: each forward reruns the whole sequence
+        self.inputs_embeds = inputs_embeds  # the prompt's embeddings: the prefill reads them, not its ids
+        self.past = past  # the caller's DynamicCache holding the prompt's first tokens: continued in place
+        self.cache = None  # the call's (first) cache, to return HF's object from it
+        self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
+
+    def forward_kwargs(self, cached: int, B: int, T: int) -> dict:
+        kw = {}
+        if self.token_type_ids is not None:
+            if cached == 0 and self.token_type_ids.shape[0] == B:
+                kw["token_type_ids"] = self.token_type_ids
+            else:  # rows r*k .. r*k+k-1 grew from prompt r
+                last = self.last_type.repeat_interleave(B // self.last_type.shape[0])
+                kw["token_type_ids"] = last[:, None].expand(B, T)
+        if self.recorder is not None:
+            if self.recorder.hidden:
+                kw["output_hidden_states"] = True
+            if self.recorder.attentions:
+                kw["output_attentions"] = True
+        return kw

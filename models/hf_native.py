@@ -15,6 +15,8 @@ MLP or o_proj biases, dropout in training mode, accelerate hooks, forward hooks.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
 
 import torch
@@ -39,9 +41,10 @@ class HFNativeDecoder(LlamaDecoder):
     runs_past_max_positions = True
 
     @property
-    def generation_config(self):
+    def generation_defaults(self) -> dict:
+        from .adapt import as_decoder
         hf = self._hf()
-        return getattr(hf, "generation_config", None) if hf is not None else None
+        return as_decoder(hf).generation_defaults if hf is not None else {}  # exactly the adapter's
 
     @property
     def max_positions(self):
@@ -250,7 +253,17 @@ def extra_bytes(hf_model) -> int:
 # HF's cache-free recomputation (use_cache=False), or model inputs beyond ids and mask (a cache,
 # embeddings, positions, token types, or any other model kwarg).
 ADAPTER_OUTPUTS = ("output_attentions", "output_hidden_states")
-MODEL_INPUTS = ("past_key_values", "cache", "inputs_embeds", "position_ids", "token_type_ids")
+MODEL_INPUTS = ("past_key_values", "cache", "cache_position", "inputs_embeds", "position_ids", "token_type_ids",
+                "logits_to_keep")
+
+
+@functools.lru_cache(maxsize=None)
+def _model_inputs(cls) -> frozenset:
+    """What generate() would hand this class's forward besides the prompt, its mask and use_cache:
+    the arguments its forward names, and HF's other model inputs."""
+    named = set(inspect.signature(cls.forward).parameters) - {"self", "input_ids", "attention_mask", "use_cache",
+                                                                "labels", "kwargs"}
+    return frozenset(named | set(MODEL_INPUTS))
 
 
 def route(hf_model, call: dict, attention_mask=None):
@@ -262,7 +275,6 @@ def route(hf_model, call: dict, attention_mask=None):
 
 def route_why(hf_model, call: dict, attention_mask=None):
     """(route(...)'s answer, why not native: None when native)."""
-    from decoding.config import FIELDS, HF_OTHER, IGNORED
     if type(hf_model).__name__ not in CLASSES:
         return hf_model, f"{type(hf_model).__name__} is not one of {sorted(CLASSES)}"
     if attention_mask is not None:
@@ -271,10 +283,9 @@ def route_why(hf_model, call: dict, attention_mask=None):
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or \
                 not bool(attention_mask[:, -1].all()):
             return hf_model, "attention_mask: right padding or not a 2D tensor"
+    inputs = _model_inputs(type(hf_model))
     for name, value in call.items():
-        if value is None or name in ADAPTER_OUTPUTS or name == "generation_config":
-            continue
-        if name in MODEL_INPUTS or not (name in FIELDS or name in IGNORED or name in HF_OTHER):
+        if value is not None and name in inputs:
             return hf_model, f"model input {name}"  # only the HF forward knows it
     for name in ADAPTER_OUTPUTS:
         if _setting(hf_model, call, name):

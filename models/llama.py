@@ -13,7 +13,7 @@ from .attention import AttentionBatch, attend
 from .cache import StaticCache
 from .config import DecoderConfig
 from .layout import k_major_
-from .protocol import check_input_ids
+from .protocol import cache_overflow, check_input_ids, special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 
 
@@ -118,6 +118,12 @@ class Block(nn.Module):
 
 class LlamaDecoder(nn.Module):
     """Decoder-only transformer. `forward` follows the model protocol; `forward_train` is cache-free."""
+    # capabilities (models/protocol.py): the static cache rolls any row back any distance
+    max_rollback = None
+    rollback_window = None
+    returns_hidden = True
+    runs_past_max_positions = False  # the rope table and the cache end at max_seq_len
+    hf_passthrough = False
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -131,6 +137,7 @@ class LlamaDecoder(nn.Module):
             self.lm_head.weight = self.embed.weight
         k_major_(self)  # faster skinny matmuls on CPU (models/layout.py)
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
         # decode/verify steps of up to this many tokens replay CUDA graphs on GPU (0 = always eager)
         self.cuda_graph_max_tokens = 16
         self._graphed = None
@@ -143,11 +150,23 @@ class LlamaDecoder(nn.Module):
     def dtype(self):
         return self.embed.weight.dtype
 
+    @property
+    def embed_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def generation_defaults(self) -> dict:
+        return special_tokens(self.config)
+
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
         c = self.config
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
-        return StaticCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim,
+        return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
                            dtype=dtype or self.dtype, device=device or self.device)
 
     def _check(self, input_ids: Tensor, cache: StaticCache, attention_mask, positions) -> None:
@@ -198,8 +217,7 @@ class LlamaDecoder(nn.Module):
     def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int, longest: int) -> Tensor:
         from .compiled import GraphedStep
         if longest + input_ids.shape[1] > cache.capacity:
-            raise ValueError(f"cache overflow: {longest} cached + {input_ids.shape[1]} new "
-                             f"tokens > capacity {cache.capacity}; create the cache with a larger max_len")
+            raise cache_overflow(longest, input_ids.shape[1], cache.capacity)
         if self._graphed is None:
             self._graphed = GraphedStep(self)
         logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer

@@ -25,7 +25,7 @@ from .attention import AttentionBatch, attend
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .layout import k_major_
-from .protocol import check_input_ids
+from .protocol import check_input_ids, special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -164,6 +164,10 @@ class CrossBlock(nn.Module):
 
 class YOCODecoder(nn.Module):
     """Decoder-decoder. `forward` follows the model protocol; `forward_train` is cache-free."""
+    rollback_window = None  # capabilities (models/protocol.py); max_rollback is the rings' slack
+    returns_hidden = True
+    runs_past_max_positions = False
+    hf_passthrough = False
 
     def __init__(self, cfg: YOCOConfig):
         super().__init__()
@@ -182,6 +186,7 @@ class YOCODecoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.prefill_chunk = max(256, cfg.window)  # query chunk of the windowed prefill
+        self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
     @property
     def device(self):
@@ -191,11 +196,27 @@ class YOCODecoder(nn.Module):
     def dtype(self):
         return self.embed.weight.dtype
 
+    @property
+    def embed_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def max_rollback(self) -> int:
+        return self.config.max_rollback
+
+    @property
+    def generation_defaults(self) -> dict:
+        return special_tokens(self.config)
+
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> YOCOCache:
         c = self.config
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
-        return YOCOCache(c.n_layers // 2, batch_size, c.n_kv_heads, max_len, c.head_dim, window=c.window,
+        return YOCOCache(c.n_layers // 2, batch_size, self.cache_heads, max_len, c.head_dim, window=c.window,
                          max_rollback=c.max_rollback, dtype=dtype or self.dtype, device=device or self.device)
 
     def _check(self, input_ids: Tensor, cache: YOCOCache, attention_mask, positions, logits_to_keep) -> None:

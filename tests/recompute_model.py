@@ -9,6 +9,7 @@ from torch import Tensor
 
 class HistoryCache:
     """Per-row token histories; the protocol's operations act on lists, nothing clever."""
+    max_rollback = None  # any row back to any length
 
     def __init__(self, batch_size: int, capacity: int):
         self.rows: list[list[int]] = [[] for _ in range(batch_size)]

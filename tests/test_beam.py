@@ -42,7 +42,9 @@ def early_eos(hf, ids, mask) -> int:
     return int(free[1, ids.shape[1] + 3])
 
 
-def assert_same(out, ref, atol=1e-5, rtol=0.0):
+def assert_same(out, ref, atol=1e-5, rtol=1e-5):
+    # sequences_scores sum up to N log-probs (times a length factor): ~200 in magnitude, so float32
+    # sums in another order (BLAS blocking, thread count) differ by ~1e-4; the tolerance is relative
     assert torch.equal(out.sequences, ref.sequences), (out.sequences, ref.sequences)
     assert torch.allclose(out.sequences_scores, ref.sequences_scores, atol=atol, rtol=rtol), \
         (out.sequences_scores, ref.sequences_scores)
@@ -123,7 +125,7 @@ def test_native_beam_equals_hf(name):
         ref = hf_beam(hf, ids, mask, **kw)
         out = decoding.generate(native, ids, attention_mask=mask, output_scores=True, **kw)
         # another model implementation: logits agree to ~1e-6, so the scores to 1e-5 relative
-        assert_same(out, ref, atol=1e-5, rtol=1e-5)
+        assert_same(out, ref)
 
 
 def test_one_beam_is_greedy():
@@ -189,7 +191,6 @@ class NoForward:
     (dict(num_beams=4, length_penalty="long"), ValueError, "length_penalty"),
     (dict(num_beams=4, num_beam_groups=2, diversity_penalty=-1.0), ValueError, "diversity_penalty"),
     (dict(num_beams=4, num_beam_groups=0), ValueError, "num_beam_groups"),
-    (dict(num_beams=4, do_sample=True), NotImplementedError, "beam sampling"),
 ])
 def test_bad_beam_settings_fail_before_work(kw, exc, pattern):
     with pytest.raises(exc, match=pattern):

@@ -1,6 +1,7 @@
 """Beam streaming: put_hypotheses(row, token_ids, first_changed) after every step, HF's put/end around
 it, and BeamTextStreamer's screen ending on the returned best hypothesis."""
 import io
+import os
 
 import pytest
 import torch
@@ -62,23 +63,69 @@ class Letters:
         return "".join(chr(ord("A") + i % 26) if i % 7 else "\n" for i in ids)
 
 
-def screen(raw: str) -> str:
-    """What a terminal shows after backspaces (a rewrite after a line break restarts the text)."""
-    out = []
-    for ch in raw:
-        if ch == "\b":
-            out.pop()  # a terminal moves left; the next character overwrites
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+    def isatty(self):
+        return True
+
+
+def screen(raw: str) -> list[str]:
+    """The lines a terminal shows: '\\r' returns to column 0, ESC[K erases to the line's end."""
+    lines, col = [""], 0
+    i = 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            lines[-1] = lines[-1][:col]
+            i += 3
+            continue
+        ch = raw[i]
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append("")
+            col = 0
         else:
-            out.append(ch)
-    return "".join(out)
+            line = lines[-1]
+            lines[-1] = line[:col] + ch + line[col + 1:]
+            col += 1
+        i += 1
+    return lines
 
 
-def test_beam_text_streamer_ends_on_the_answer(hf):
+def run_beam(hf, stream, **kw):
+    streamer = BeamTextStreamer(Letters(), stream=stream, **kw)
+    out = decoding.generate(hf, [ROWS[0]], max_new_tokens=12, num_beams=4, length_penalty=-1.0, streamer=streamer)
+    return Letters().decode(ROWS[0]), Letters().decode(out.sequences[0, len(ROWS[0]):].tolist())
+
+
+def test_beam_text_streamer_on_a_terminal_revises_one_line(hf, monkeypatch):
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: os.terminal_size((30, 24)))
+    stream = Terminal()
+    prompt, answer = run_beam(hf, stream)
+    raw = stream.getvalue()
+    live, final = raw.rsplit("\r\x1b[K", 1)
+    assert "\n" not in live and "\b" not in raw  # one line while searching, no backspaces
+    assert all(len(line) <= 29 for line in screen(live))  # never wraps at 30 columns
+    assert live.count("\r\x1b[K") >= 11  # redrawn after every step
+    assert final == prompt + answer + "\n"  # then the answer, once, in full
+    assert screen(raw) == (prompt + answer).split("\n") + [""]
+
+
+def test_beam_text_streamer_into_a_pipe_writes_the_answer_once(hf):
+    stream = io.StringIO()  # not a terminal
+    prompt, answer = run_beam(hf, stream)
+    assert stream.getvalue() == prompt + answer + "\n"
     stream = io.StringIO()
+    prompt, answer = run_beam(hf, stream, skip_prompt=True)
+    assert stream.getvalue() == answer + "\n"
+
+
+def test_a_revision_reaching_back_past_a_line_break_leaves_nothing_behind():
+    """The newcomer's case: the best beam's text changes before a newline it had already shown."""
+    stream = Terminal()
     streamer = BeamTextStreamer(Letters(), stream=stream)
-    out = decoding.generate(hf, [ROWS[0]], max_new_tokens=10, num_beams=4, length_penalty=-1.0, streamer=streamer)
-    answer = Letters().decode(out.sequences[0, len(ROWS[0]):].tolist())
-    shown = screen(stream.getvalue())
-    assert shown.endswith(answer + "\n")
-    if "\n" not in answer:
-        assert shown.split("\n")[-2] == answer
+    streamer.put(torch.tensor([[5, 17]]))  # prompt "FR"
+    for tokens in ([1], [1, 7], [1, 7, 3], [2, 8], [2, 8, 7, 4]):  # "B", "B\n", "B\nD", then "CI", "CI\nE"
+        streamer.put_hypotheses(0, tokens, 0)
+    streamer.end()
+    assert screen(stream.getvalue()) == ["FRCI", "E", ""]  # only the last hypothesis is on screen

@@ -72,7 +72,7 @@ def test_hf_models_are_refused():
 
 
 def test_model_without_hidden_states(model):
-    with pytest.raises(TypeError, match="return_hidden"):
+    with pytest.raises(NotImplementedError, match="return_hidden"):
         decoding.generate(RecomputeModel(model), ROWS, strategy="blockwise", heads=heads_for(model), max_new_tokens=4)
 
 

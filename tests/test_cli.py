@@ -1,5 +1,6 @@
 """`python -m decoding generate / bench`: end to end on tiny models, errors with clear messages."""
 import argparse
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -53,11 +54,100 @@ def test_hf_model_directory_runs_through_the_adapter(tiny_dir, tmp_path, capsys)
     assert rc == 0 and "[4 new tokens" in capsys.readouterr().out
 
 
+class Stdin(io.StringIO):
+    def __init__(self, text="", tty=False):
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def blocks(out: str) -> tuple[list[str], str]:
+    """The printed texts (split at '--- ... ---' headers) and the stats line."""
+    body, stats = out.rstrip("\n").rsplit("\n", 1)
+    parts = [p for p in body.split("--- ") if p]
+    return [p.split(" ---\n", 1)[1].removesuffix("\n") for p in parts], stats
+
+
+def test_several_prompts_decode_as_one_batch(tiny_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "p.txt").write_text("def f(x):\n")
+    monkeypatch.setattr(sys, "stdin", Stdin("ignored: prompts were given"))
+    rc = cli.main(["generate", "--model", str(tiny_dir), "--prompt", "x = ", "--prompt-file", str(tmp_path / "p.txt"),
+                   "--prompt", "import os", "--max-new-tokens", "5", "--ignore-eos"])
+    assert rc == 0
+    texts, stats = blocks(capsys.readouterr().out)
+    model, tok = checkpoint.load(tiny_dir).float(), Tokenizer.load()
+    prompts = ["x = ", "def f(x):\n", "import os"]
+    batch = [tok.encode(p, bos=True) for p in prompts]
+    ref = decoding.generate(model, batch, max_new_tokens=5, eos_token_id=None).sequences  # one left-padded batch
+    width = max(map(len, batch))
+    assert texts == [tok.decode(ref[i, width - len(b):]) for i, b in enumerate(batch)]
+    assert all(t.startswith(p) for t, p in zip(texts, prompts))  # in the order given, prompt included
+    assert stats.startswith("[15 new tokens") and "5 target forwards" in stats
+
+
+def test_prompts_from_stdin_one_per_line(tiny_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", Stdin("a = 1\n\nb = \n"))
+    rc = cli.main(["generate", "--model", str(tiny_dir), "--prompt-per-line", "--max-new-tokens", "3", "--ignore-eos",
+                   "--num-return-sequences", "2", "--do-sample", "--seed", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.startswith("--- ")]
+    assert heads == ["--- prompt 1, sequence 1 ---", "--- prompt 1, sequence 2 ---",
+                     "--- prompt 2, sequence 1 ---", "--- prompt 2, sequence 2 ---"]
+    texts, _ = blocks(out)
+    assert [t[:len(p)] for t, p in zip(texts, ["a = 1", "a = 1", "b = ", "b = "])] == ["a = 1", "a = 1", "b = ", "b = "]
+
+
+def test_piped_stdin_is_one_prompt_and_a_terminal_is_no_prompt(tiny_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", Stdin("def g():\n    return"))
+    assert cli.main(["generate", "--model", str(tiny_dir), "--max-new-tokens", "2", "--no-stream"]) == 0
+    assert capsys.readouterr().out.startswith("def g():\n    return")
+    monkeypatch.setattr(sys, "stdin", Stdin(tty=True))
+    assert cli.main(["generate", "--model", str(tiny_dir)]) == 2
+    assert "no prompt: pass --prompt TEXT, --prompt-file PATH, or pipe" in capsys.readouterr().err
+
+
+def test_beam_search_into_a_pipe_prints_the_answer_once_as_plain_text(tiny_dir, capsys):
+    rc = cli.main(["generate", "--model", str(tiny_dir), "--prompt", "def f(x):", "--num-beams", "3",
+                   "--max-new-tokens", "8", "--ignore-eos"])
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert rc == 0 and "\b" not in out and "\x1b" not in out and "\r" not in out
+    text, stats = out.rstrip("\n").rsplit("\n", 1)
+    model, tok = checkpoint.load(tiny_dir).float(), Tokenizer.load()
+    ref = decoding.generate(model, [tok.encode("def f(x):", bos=True)], max_new_tokens=8, num_beams=3,
+                            eos_token_id=None).sequences[0]
+    assert text == tok.decode(ref) and stats.startswith("[8 new tokens")
+
+
+def fail_if_loaded(*args, **kwargs):
+    raise AssertionError("a model was loaded before the bad argument was reported")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategy", "blockwise", "--heads", "/no/such/dir"], "--heads: no such directory: /no/such/dir"),
+    (["--strategy", "blockwise", "--heads", "."], "--heads: . is not a heads directory"),
+    (["--assistant", "/no/such/draft"], "--assistant: no such model directory: /no/such/draft"),
+    (["--tokenizer", "/no/such/tok.model"], "--tokenizer: no such file or directory"),
+    (["--prompt-file", "/no/such/prompt.txt"], "--prompt-file: no such file: /no/such/prompt.txt"),
+])
+def test_bad_paths_fail_before_any_work(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_model", fail_if_loaded)
+    argv = (["--prompt", "x"] if "--prompt-file" not in argv else []) + argv
+    assert cli.main(["generate", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_bad_path_exits_nonzero_with_a_message():
     proc = subprocess.run([sys.executable, "-m", "decoding", "generate", "--model", "/no/such/dir", "--prompt", "x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "no such model directory: /no/such/dir" in proc.stderr
+    assert proc.returncode == 1 and "--model: no such model directory: /no/such/dir" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "decoding", "generate", "--prompt", "x", "--strategy", "blockwise",
+                           "--heads", "/no/such/dir"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--heads: no such directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_not_a_model_directory(tmp_path, capsys):
@@ -94,3 +184,10 @@ def test_bench_front_lists_and_dispatches(capsys):
     with pytest.raises(SystemExit) as e:  # the script's own argparse
         cli.main(["bench", "kernel", "--help"])
     assert e.value.code == 0 and "--smoke" in capsys.readouterr().out
+
+
+def test_bench_verb_without_the_bench_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "bench", None)  # as in an install without the repository's bench/
+    monkeypatch.delitem(sys.modules, "bench.__main__", raising=False)
+    assert cli.main(["bench"]) == 1
+    assert "bench/ scripts, which cannot be imported here" in capsys.readouterr().err

@@ -84,14 +84,14 @@ def test_deepcopy_of_an_installed_model_runs_on_the_copy(model):
 
 def test_fallback_warns_once_and_returns_hfs_result(model):
     ids = torch.tensor([[5, 6, 7, 5, 6]])
-    kw = dict(KW, no_repeat_ngram_size=2)  # an HF processor outside the engine's scope
+    kw = dict(KW, forced_eos_token_id=4)  # an HF processor outside the engine's scope
     ref = model.generate(ids, **kw)
     decoding.hf.install(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first, second = model.generate(ids, **kw), model.generate(ids, **kw)
     messages = [str(w.message) for w in caught if "decoding.hf" in str(w.message)]
-    assert len(messages) == 1 and "no_repeat_ngram_size" in messages[0]
+    assert len(messages) == 1 and "forced_eos_token_id" in messages[0]
     assert torch.equal(first, ref) and torch.equal(second, ref)
 
 

@@ -164,7 +164,7 @@ def test_calls_that_need_the_hf_model_route_to_it():
     native = hf_native.route(model, {"max_new_tokens": 4, "num_beams": 2, "repetition_penalty": 1.3})
     assert isinstance(native, LlamaDecoder)
     for call in ({"output_hidden_states": True}, {"output_attentions": True},
-                 {"position_ids": torch.zeros(1, 3, dtype=torch.long)}, {"pixel_values": torch.zeros(1)},
+                 {"position_ids": torch.zeros(1, 3, dtype=torch.long)}, {"logits_to_keep": 1},
                  {"generation_config": transformers.GenerationConfig(output_hidden_states=True)},
                  {"return_dict_in_generate": True, "output_scores": True}, {"use_cache": False}):
         assert hf_native.route(model, call) is model, call

@@ -2,8 +2,8 @@
 8-token vocabulary the joint distribution of 3 generated tokens is enumerated from full forwards of
 the target through HF's own processors (the oracle), and tens of thousands of SJD samples (one
 batched call, fixed seed) pass a chi-square test against it. Rounds mix fresh guesses (q one-hot)
-and re-sampled iterates (q = the previous iteration's p). A wrong criterion, injected through
-jacobi.RULES, fails the same test."""
+and re-sampled iterates (q = the previous iteration's p). A wrong criterion, put in place of the
+acceptance rule the strategy hands the verify loop, fails the same test."""
 import itertools
 
 import pytest
@@ -111,7 +111,7 @@ def ratio_ignores_q(proposal, scores, generator=None):
 
 @pytest.mark.parametrize("wrong", [resample_from_p, ratio_ignores_q], ids=lambda f: f.__name__)
 def test_a_wrong_criterion_fails(target, monkeypatch, wrong):
-    monkeypatch.setitem(jacobi.RULES, "sjd", wrong)
+    monkeypatch.setattr(jacobi, "sample_accept", wrong)
     cells, _ = sjd_cells(target, draws=6000, **SETTINGS[0])  # p ~ 1e-25 and below: fewer draws do
     assert chi2_pvalue(cells, joint(target)) < 1e-6
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import decoding
-from decoding.strategies.blockwise import is_shipped_target
 from models.artifacts import SHIPPED
 from models.checkpoint import load
-from models.heads import load_heads
+from models.heads import is_shipped_target, load_heads
 from models.tokenizer import Tokenizer
 
 torch.set_num_threads(1)

@@ -87,11 +87,8 @@ def test_speculative_stream_equals_output(tok, target):
     draft = checkpoint.load(SHIPPED.parent / "draft", dtype=torch.float32)
     ids = torch.tensor([tok.encode(PROMPT, bos=True)])
     rec = Recorder()
-    try:
-        out = decoding.generate(target, ids, max_new_tokens=24, assistant_model=draft, num_assistant_tokens=4,
-                                streamer=rec)
-    except NotImplementedError:
-        pytest.skip("speculative decoding has not landed")
+    out = decoding.generate(target, ids, max_new_tokens=24, assistant_model=draft, num_assistant_tokens=4,
+                            streamer=rec)
     new = [t for chunk in rec.puts[1:] for t in chunk]
     assert rec.ended and new == out.sequences[0, ids.shape[1]:].tolist()
     assert max(len(chunk) for chunk in rec.puts[1:]) > 1  # accepted drafts arrive together

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from decoding import cli, viz
+from models.artifacts import shipped
 from models.checkpoint import load
 from models.tokenizer import Tokenizer
 
@@ -31,7 +32,7 @@ def test_picture_renders_one_row_per_forward(strategy, tmp_path, capsys):
 
 
 def test_forwards_match_the_run():
-    model, tok = load("models/shipped/target", dtype=torch.float32), Tokenizer.load()
+    model, tok = load(shipped("target"), dtype=torch.float32), Tokenizer.load()
     ids = tok(PROMPT)["input_ids"]
     out, fwds = viz.trace(model, ids, strategy="gs_jacobi", jacobi_init="ngram", block_size=4, max_new_tokens=12)
     assert len(fwds) == out.stats.target_forwards
@@ -49,3 +50,36 @@ def test_a_strategy_off_the_skeleton_fails_clearly(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(viz, "trace", refuse)
     rc = cli.main(["viz", "--strategy", "blockwise", "--prompt", "x", "--out", str(tmp_path / "p.png")])
     assert rc == 2 and "--strategy blockwise cannot run here yet" in capsys.readouterr().err
+
+
+def never(*args, **kwargs):
+    raise AssertionError("decoding ran before the bad argument was reported")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "/no/such/dir/x.png"], "--out: the directory /no/such/dir does not exist"),
+    (["--html", "/no/such/dir/x.html"], "--html: the directory /no/such/dir does not exist"),
+    (["--heads", "/no/such/heads"], "--heads: no such directory: /no/such/heads"),
+])
+def test_bad_output_paths_fail_before_decoding(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(viz, "trace", never)
+    monkeypatch.setattr(viz, "load_model", never)
+    argv = ["--out", str(tmp_path / "p.png"), *argv] if argv[0] != "--out" else argv
+    rc = cli.main(["viz", "--strategy", "blockwise", "--prompt", "x", *argv])
+    err = capsys.readouterr().err
+    assert rc in (1, 2) and message in err and "Traceback" not in err
+
+
+def test_a_long_run_draws_a_bounded_picture(tmp_path):
+    """200 tokens, one per forward (Jacobi at its worst): the PNG shows a window, the HTML every row."""
+    from matplotlib.image import imread
+    fwds = [viz.Forward(start=i, guesses=[7, 8, 9, 10], accepted=0, kept=[7]) for i in range(200)]
+    final = [7] * 200
+    assert viz.window(fwds) == (viz.MAX_ROWS, viz.MAX_COLUMNS)
+    png = viz.draw(fwds, final, Tokenizer.load(), tmp_path / "long.png", "jacobi: 200 tokens")
+    height, width = imread(png).shape[:2]
+    assert width <= 3000 and height <= 2000, (width, height)
+    page = viz.write_html(fwds, final, Tokenizer.load(), tmp_path / "long.html", "t")
+    assert page.read_text().count("<tr>") == 201
+    few = fwds[:5]
+    assert viz.window(few) == (5, 8)  # a short run is drawn whole: the last forward's guesses end at 4 + 4

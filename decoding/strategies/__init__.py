@@ -18,6 +18,9 @@ def select(cfg):
     if cfg.strategy == "blockwise":
         from . import blockwise
         return blockwise.run
+    if cfg.num_beams > 1 and cfg.do_sample:
+        from . import beam_sample
+        return beam_sample.run
     if cfg.num_beams > 1:  # diverse beam search is beam search with groups
         from . import beam, diverse_beam
         return diverse_beam.run if cfg.num_beam_groups > 1 else beam.run

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..beam_streamer import HypothesisFeed
+from ..finite import Guard
 from ..output import GenerationOutput, GenerationStats
 from ..processors import Context, Pipeline
 
@@ -44,7 +45,7 @@ class BeamDecoder:
         if self.pipeline.needs_seen:
             ids = self.rows
             if prompt.mask is not None and not penalise_prompt_pads:  # HF 5.x skips the left pads
-                ids = ids.masked_fill(~prompt.mask_rows(num_beams), self.V)
+                ids = ids.masked_fill(prompt.mask_rows(num_beams).long().cumsum(1) == 0, self.V)  # holes count
             self.seen = self._hits(ids)
 
     def _hits(self, ids: Tensor) -> Tensor:
@@ -97,8 +98,9 @@ class Finished:
     scores: Tensor  # (B, N) length-penalised; -1e9 in empty slots
     lengths: Tensor  # (B, N) generated tokens, eos included
     done: Tensor  # (B, N) bool: the slot holds a hypothesis
+    beams: Tensor  # (B, N, L) int32 HF's beam_indices: the flat beam row behind each token, -1 after
 
-    def merge(self, cand: Tensor, cand_scores: Tensor, n_gen: int, just: Tensor) -> "Finished":
+    def merge(self, cand: Tensor, cand_scores: Tensor, n_gen: int, just: Tensor, cand_beams: Tensor) -> "Finished":
         """Keep the N best of the current ones and the candidates (B, K, L), whose scores
         (B, K) carry -1e9 unless they just finished (just (B, K))."""
         B, N, L = self.tokens.shape
@@ -106,7 +108,8 @@ class Finished:
         return Finished(torch.cat([self.tokens, cand], 1).gather(1, best[:, :, None].expand(B, N, L)),
                         torch.cat([self.scores, cand_scores], 1).gather(1, best),
                         torch.cat([self.lengths, self.lengths.new_full(just.shape, n_gen)], 1).gather(1, best),
-                        torch.cat([self.done, just], 1).gather(1, best))
+                        torch.cat([self.done, just], 1).gather(1, best),
+                        torch.cat([self.beams, cand_beams], 1).gather(1, best[:, :, None].expand(B, N, L)))
 
 
 def _still_open(open_: Tensor, run_scores: Tensor, fin: Finished, n_gen: int, max_new: int, cfg) -> Tensor:
@@ -120,7 +123,9 @@ def _still_open(open_: Tensor, run_scores: Tensor, fin: Finished, n_gen: int, ma
     return open_ & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
 
 
-def run(model, prompt, cfg, stop=None) -> GenerationOutput:
+def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationOutput:
+    """Beam search; beam sampling (strategies/beam_sample.py) passes `warp` (its sampling warpers,
+    applied after the processors) and `select` (its draw of the K candidates in place of top-K)."""
     B, N, L = prompt.batch_size, cfg.num_beams, cfg.max_new_tokens
     dec = BeamDecoder(model, prompt, cfg, N)
     device, V = prompt.ids.device, dec.V
@@ -133,9 +138,10 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     run_tokens = torch.full((B, N, L), fill, dtype=torch.long, device=device)  # generated tokens only
     run_scores = torch.zeros(B, N, device=device)
     run_scores[:, 1:] = NEG  # the N beams start identical: only beam 0 may expand at first
+    run_beams = torch.full((B, N, L), -1, dtype=torch.int32, device=device)
     fin = Finished(run_tokens.clone(), torch.full((B, N), NEG, device=device),
                    torch.zeros(B, N, dtype=torch.long, device=device),
-                   torch.zeros(B, N, dtype=torch.bool, device=device))
+                   torch.zeros(B, N, dtype=torch.bool, device=device), run_beams.clone())
     open_ = torch.ones(B, 1, dtype=torch.bool, device=device)
     top_n = torch.arange(K, device=device) < N  # only the top N candidates may finish
     row_base = torch.arange(B, device=device)[:, None] * N
@@ -143,17 +149,23 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     scores_out = [] if cfg.output_scores else None
 
     logits = dec.prefill()
+    guard = Guard.of(cfg, B * N, device)
     for step in range(L):
+        bad = guard.check(logits, step) if guard is not None else None
         def ids(step=step):  # HF-style input_ids (B*N, T + step) for the caller's processors
             return torch.cat([dec.rows, run_tokens.view(B * N, L)[:, :step]], 1)
         logp = dec.process(torch.log_softmax(logits, dim=-1), step, dec.seen, ids)  # (B*N, V)
+        if warp is not None:
+            logp = warp(logp)
         if scores_out is not None:
             scores_out.append(logp)
         acc = (logp.view(B, N, V) + run_scores[:, :, None]).view(B, N * V)
-        top_scores, top_idx = torch.topk(acc, K)  # (B, K) sorted
+        top_scores, top_idx = torch.topk(acc, K) if select is None else select(acc, K)  # (B, K) sorted
         parent, token = top_idx // V, top_idx % V
         cand = run_tokens.gather(1, parent[:, :, None].expand(B, K, L))  # (B, K, L)
         cand[:, :, step] = token
+        cand_beams = run_beams.gather(1, parent[:, :, None].expand(B, K, L))
+        cand_beams[:, :, step] = (parent + row_base).to(torch.int32)
         last = step + 1 >= L
         if last:
             stopped = torch.ones_like(token, dtype=torch.bool)
@@ -166,6 +178,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         run_k = top_scores + stopped.to(torch.float32) * NEG
         keep = torch.topk(run_k, k=N)[1]  # (B, N)
         run_tokens = cand.gather(1, keep[:, :, None].expand(B, N, L))
+        run_beams = cand_beams.gather(1, keep[:, :, None].expand(B, N, L))
         run_scores = run_k.gather(1, keep)
 
         # the top-N candidates that stopped compete with the finished hypotheses
@@ -174,7 +187,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         cand_scores += (torch.all(fin.done, dim=-1, keepdim=True) & (early is True)).to(torch.float32) * NEG
         cand_scores += (~open_).to(torch.float32) * NEG
         cand_scores += (~just) * NEG
-        fin = fin.merge(cand, cand_scores, step + 1, just)
+        fin = fin.merge(cand, cand_scores, step + 1, just, cand_beams)
 
         dec.reorder((parent.gather(1, keep) + row_base).view(-1))  # one gather of the cache
         open_ = _still_open(open_, run_scores, fin, step + 1, L, cfg)
@@ -183,12 +196,16 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         # HF also stops when every candidate stopped: only at max length, since at most n_eos x N
         # of the K = (1 + n_eos) x N candidates can end in eos
         go_on = open_.any() & ~(fin.done.all() & (early is True))
+        if bad is not None:
+            go_on = go_on & ~bad
         if last or not bool(go_on):  # the one host sync per step
             break
         tokens = run_tokens[:, :, step].reshape(B * N)
         dec.mark(tokens)
         logits = dec.forward(tokens)
 
+    if guard is not None:
+        guard.raise_if_bad()
     n = cfg.num_return_sequences
     lengths = fin.lengths[:, :n].reshape(B * n)
     width = int(lengths.max())
@@ -198,6 +215,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         feed.finish(new, lengths, n)
     return GenerationOutput(sequences=sequences, scores=tuple(scores_out) if scores_out is not None else None,
                             sequences_scores=fin.scores[:, :n].reshape(B * n) if cfg.output_scores else None,
+                            beam_indices=fin.beams[:, :n].reshape(B * n, L)[:, :width],
                             stats=dec.stats(int(lengths.sum())))
 
 

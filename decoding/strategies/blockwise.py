@@ -14,7 +14,7 @@ block_size = proposals per round = heads used (heads.first(block_size), default 
 emits up to block_size + 1 tokens, which is the paper's block size k (it counts the target's own
 p_1). heads = a directory or a heads module (models.heads: the paper's independent BlockwiseHeads,
 or HydraHeads, which also read the token before each guess); default the shipped heads, for the
-shipped target only (recognised by config and weights). Rounds run in verify.speculate, so
+shipped target only (models.heads.default_heads recognises it by config and weights). Rounds run in verify.speculate, so
 whatever it records per round (verify.Round) covers blockwise too.
 
 Processors: the target's scores are processed per position exactly as greedy processes them
@@ -28,14 +28,12 @@ cheap hidden-state path, and heads are trained per target anyway (models/trainin
 """
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
+from os import PathLike
 
 import torch
 from torch import Tensor
 
-from models.artifacts import SHIPPED
-
+from ..capabilities import check_rollback, proposal_heads
 from ..output import GenerationOutput
 from ..verify import Constant, Proposal, Proposer, Round, Setup, greedy_accept, process, speculate
 
@@ -96,35 +94,9 @@ def topk_accept(top_k: int):
 
 # -- the heads and checks before any work --------------------------------------------------------------
 
-def is_shipped_target(model) -> bool:
-    """The shipped target, recognised by its config and a few embedding rows (any dtype)."""
-    from models.config import DecoderConfig
-    c = getattr(model, "config", None)
-    d = SHIPPED / "target"
-    if not isinstance(c, DecoderConfig) or not (d / "config.json").exists():
-        return False
-    if c != DecoderConfig.load(d / "config.json"):
-        return False
-    from safetensors import safe_open
-    with safe_open(str(d / "model.safetensors"), "pt") as f:
-        ref = f.get_slice("embed.weight")[:8].float()
-    mine = model.embed.weight[:8].detach().float().cpu()
-    return torch.allclose(mine, ref, rtol=1e-2, atol=1e-3)
-
-
 def resolve_heads(target, heads, block_size):
     """The heads module (block_size of them), loaded and checked against the target."""
-    from models.heads import load_heads
-    if heads is None:
-        if not is_shipped_target(target):
-            raise ValueError("strategy='blockwise' needs heads=PATH (or a models.heads.BlockwiseHeads module) "
-                             "trained for this model; the shipped heads (models/shipped/heads) serve only the "
-                             "shipped target. Train heads with `python -m models.training.train_heads --target DIR --out DIR`.")
-        heads = SHIPPED / "heads"
-    if not isinstance(heads, (str, Path, torch.nn.Module)):
-        raise TypeError(f"heads must be a directory path or a models.heads module (BlockwiseHeads, HydraHeads), "
-                        f"got {type(heads).__name__}")
-    module = load_heads(heads, target)
+    module = proposal_heads(target, heads)
     k = block_size if block_size is not None else module.k
     if k > module.k:
         raise ValueError(f"block_size={k} exceeds the {module.k} proposal heads of heads={_name(heads)}: "
@@ -133,27 +105,22 @@ def resolve_heads(target, heads, block_size):
 
 
 def _name(heads) -> str:
-    return str(heads) if isinstance(heads, (str, Path)) else type(heads).__name__
+    return str(heads) if isinstance(heads, (str, PathLike)) else type(heads).__name__
 
 
 def check_target(model) -> None:
-    if getattr(model, "hf", None) is not None:
-        raise NotImplementedError("strategy='blockwise' runs on native decoders only (models.LlamaDecoder, "
-                                  "YOCODecoder): its heads read the target's final hidden state, which the Hugging "
-                                  "Face adapter does not expose cheaply; use greedy or speculative decoding")
-    if "return_hidden" not in inspect.signature(model.forward).parameters:
-        raise TypeError(f"strategy='blockwise': {type(model).__name__}.forward has no return_hidden=True, which the "
-                        "proposal heads need (native decoders have it)")
+    if not model.returns_hidden:
+        raise NotImplementedError(
+            "strategy='blockwise' runs on native decoders only (models.LlamaDecoder, YOCODecoder): its heads read "
+            "the target's final-norm hidden state (forward(..., return_hidden=True)), which this model does not "
+            "declare (the Hugging Face adapter does not expose it cheaply); use greedy or speculative decoding")
 
 
 def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     check_target(model)
     heads = resolve_heads(model, cfg.heads, cfg.block_size)
     k = heads.k
-    bound = getattr(getattr(model, "config", None), "max_rollback", None)  # YOCO's window rings
-    if bound is not None and k > bound:
-        raise ValueError(f"block_size={k} exceeds max_rollback={bound} of the model's cache (the proposals a round "
-                         "can roll back); lower block_size or build the model with a larger max_rollback")
+    check_rollback(k, "block_size", prompt.batch_size, prompt.width + cfg.max_new_tokens + k, model=model)
     if cfg.acceptance == "topk":
         rule = topk_accept(cfg.acceptance_top_k or DEFAULT_TOP_K)
     else:

@@ -3,6 +3,7 @@ per-step overhead (static shapes, processors only when on, no host sync but the 
 from __future__ import annotations
 
 from .. import sampling
+from ..finite import Guard
 from ..output import GenerationOutput
 from ..processors import Pipeline
 from ..state import DecodeState
@@ -16,6 +17,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
                         eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, stop=stop,
                         streamer=cfg.streamer, seen_vocab=model.vocab_size if pipeline.needs_seen else 0)
     generator = sampling.make_generator(cfg.seed, cfg.generator, device)
+    choose = sampling.sampler(cfg.do_sample, generator)
     # finished rows are fed pad, as HF does, unless pad is no valid input id
     feed_pad = cfg.pad_token_id is None or cfg.pad_token_id < prompt.embed_size
     scores_out = [] if cfg.output_scores else None
@@ -26,18 +28,27 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     if n > 1:  # one prefill per prompt, then fan the cache out (rows b*n .. b*n+n-1, HF's layout)
         cache.repeat(n)
         logits = logits.repeat_interleave(n, 0)
+    guard = Guard.of(cfg, state.batch_size, device)
     for step in range(cfg.max_new_tokens):
-        scores = pipeline(logits[:, -1].float(), state.context())  # (B*n, V)
+        bad = guard.check(logits[:, -1], step) if guard is not None else None
+        scores = logits[:, -1].float()  # (B*n, V)
+        if pipeline.active:
+            scores = pipeline(scores, state.context())
         if scores_out is not None:
             scores_out.append(scores)
-        chosen = sampling.sample(scores, generator) if cfg.do_sample else sampling.argmax(scores)
+        chosen = choose(scores)
         tokens = state.append_one(chosen)
-        if step + 1 == cfg.max_new_tokens or state.all_finished():
+        if step + 1 == cfg.max_new_tokens:
+            break
+        done = state.finished.all() if bad is None else state.finished.all() | bad
+        if bool(done):  # the one host sync per step
             break
         if not feed_pad:
             tokens = tokens.masked_fill(state.finished, 0)
         state.count_forward()
         logits = model(tokens[:, None], cache)
+    if guard is not None:
+        guard.raise_if_bad()
     state.note_cache(cache)
     if cfg.streamer is not None:
         cfg.streamer.end()

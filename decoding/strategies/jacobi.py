@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import warnings
 
+from ..capabilities import check_rollback
 from ..jacobi_proposers import JacobiProposer
 from ..verify import Constant, greedy_accept, sample_accept, speculate
-from .speculative import _max_rollback, check_rollback
 
 DEFAULT_BLOCK = 4  # tau barely grows past 4 on the shipped target, the forward does (bench/results/cpu/jacobi.md)
 DEFAULT_INIT = "pad"  # the paper's initialisation
-# acceptance criteria by mode, looked up at call time (tests inject wrong ones)
-RULES = {"greedy": greedy_accept, "sjd": sample_accept}
 
 
 def run(model, prompt, cfg, stop=None):
@@ -48,14 +46,10 @@ def run(model, prompt, cfg, stop=None):
     if cfg.strategy == "sjd" and not sample:
         warnings.warn("strategy='sjd' with do_sample=False decodes greedily (the speculative Jacobi criterion "
                       "reduces to Jacobi's); pass do_sample=True to sample", UserWarning, stacklevel=3)
-    bound = _max_rollback(model)
-    if bound is not None and n > bound:
-        raise ValueError(f"`block_size={n}` exceeds max_rollback={bound} of the model's cache (the guesses an "
-                         "iteration can roll back); lower it or build the model with a larger max_rollback")
     rows = prompt.batch_size * cfg.num_return_sequences
-    check_rollback(model, "model", rows, prompt.width + cfg.max_new_tokens + n)
+    check_rollback(n, "block_size", rows, prompt.width + cfg.max_new_tokens + n, model=model)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     proposer = JacobiProposer(n, cfg.jacobi_init or DEFAULT_INIT, sample=sample,
                               blocks=cfg.strategy == "gs_jacobi", pad=pad)
-    rule = RULES["sjd" if sample else "greedy"]
+    rule = sample_accept if sample else greedy_accept  # SJD's criterion / Jacobi's fixed-point test
     return speculate(model, prompt, cfg, stop, proposer, rule, Constant(n))

@@ -24,9 +24,11 @@ show them (the prompt with its left pads, the kept tokens, the guesses before th
 """
 from __future__ import annotations
 
-from ..config import model_defaults
+import torch
+
+from ..capabilities import as_decoder, check_positions, check_rollback, rollback_bound
 from ..proposers import DraftProposer, NgramProposer
-from ..verify import RULES, Constant, Round, _limit, speculate
+from ..verify import Constant, Round, greedy_accept, sample_accept, speculate
 
 
 class Heuristic:
@@ -48,33 +50,20 @@ def run(model, prompt, cfg, stop=None):
     draft = None
     if cfg.prompt_lookup_num_tokens is None:
         draft = assistant(cfg.assistant_model, model, prompt, cfg)
-    # a native cache that keeps a sliding-window ring (YOCO) rolls back at most max_rollback tokens
-    bound = min([b for m in (model, draft) if (b := _max_rollback(m)) is not None], default=None)
     if draft is None:
-        k = cfg.prompt_lookup_num_tokens
+        k, name = cfg.prompt_lookup_num_tokens, "prompt_lookup_num_tokens"
         proposer, schedule, vocab = NgramProposer(cfg.max_matching_ngram_size or 2), Constant(k), model.vocab_size
     else:
-        k = cfg.num_assistant_tokens
-        schedule = Constant(k) if cfg.num_assistant_tokens_schedule == "constant" else \
-            Heuristic(k, min(cfg.max_new_tokens, bound or cfg.max_new_tokens))
+        k, name = cfg.num_assistant_tokens, "num_assistant_tokens"
+        # a cache that keeps a ring of recent keys (YOCO) rolls back at most max_rollback tokens
+        most = min(cfg.max_new_tokens, rollback_bound(model, draft) or cfg.max_new_tokens)
+        schedule = Constant(k) if cfg.num_assistant_tokens_schedule == "constant" else Heuristic(k, most)
         proposer = DraftProposer(draft, most=schedule.most, threshold=cfg.assistant_confidence_threshold or 0.0)
         vocab = min(model.vocab_size, draft.vocab_size)
-    if bound is not None and schedule.k > bound:
-        name = "prompt_lookup_num_tokens" if draft is None else "num_assistant_tokens"
-        raise ValueError(f"`{name}={k}` exceeds max_rollback={bound} of the model's cache (the guesses a round "
-                         "can roll back); lower it or build the model with a larger max_rollback")
-    longest = prompt.width + cfg.max_new_tokens + schedule.most
-    for m, name in ((model, "model"), (draft, "assistant_model")):
-        if m is not None:
-            check_rollback(m, name, rows, longest)
-    rule = RULES["sample" if cfg.do_sample else "greedy"]
+    check_rollback(schedule.k, name, rows, prompt.width + cfg.max_new_tokens + schedule.most,
+                   model=model, assistant_model=draft)
+    rule = sample_accept if cfg.do_sample else greedy_accept
     return speculate(model, prompt, cfg, stop, proposer, rule, schedule, vocab=vocab)
-
-
-def _max_rollback(model) -> int | None:
-    if model is None or getattr(model, "hf", None) is not None:
-        return None
-    return getattr(getattr(model, "config", None), "max_rollback", None)
 
 
 # -- checks before any work --------------------------------------------------------------------------
@@ -85,9 +74,7 @@ PADDING = 0.95
 
 
 def _eos(model) -> set[int]:
-    eos = model_defaults(model).get("eos_token_id")
-    if eos is None:
-        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    eos = model.generation_defaults.get("eos_token_id")
     if eos is None:
         return set()
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
@@ -96,13 +83,13 @@ def _eos(model) -> set[int]:
 def assistant(assistant_model, target, prompt, cfg):
     """The draft behind the model protocol, checked against the target: same device, same tokenizer
     (vocabularies equal or one a padded superset of the other, same eos), room for the run."""
-    from ..api import _device, as_decoder
     try:
         draft = as_decoder(assistant_model)
     except (TypeError, NotImplementedError) as e:
         raise type(e)(f"assistant_model: {e}") from None
-    if _device(draft) != prompt.ids.device:
-        raise ValueError(f"assistant_model is on {_device(draft)}, the model on {prompt.ids.device}; "
+    device = torch.device(draft.device)
+    if device != prompt.ids.device:
+        raise ValueError(f"assistant_model is on {device}, the model on {prompt.ids.device}; "
                          "put both on one device")
     vt, vd = target.vocab_size, draft.vocab_size
     if vt != vd and min(vt, vd) < PADDING * max(vt, vd):
@@ -117,33 +104,9 @@ def assistant(assistant_model, target, prompt, cfg):
         raise ValueError(f"assistant_model ends text with eos {sorted(de)}, the model with {sorted(te)}: a draft "
                          "must share the model's tokenizer")
     real = prompt.ids if prompt.mask is None else prompt.ids[prompt.mask]
-    embed = getattr(draft, "embed_size", vd)
-    if int(real.max()) >= embed:
-        raise ValueError(f"input_ids holds token id {int(real.max())}, outside assistant_model's vocabulary "
-                         f"[0, {embed})")
-    limit = _limit(draft)
-    if limit and prompt.max_len + cfg.max_new_tokens > limit:
-        raise ValueError(f"the prompt ({prompt.max_len} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds "
-                         f"assistant_model's {limit} positions; lower max_new_tokens")
+    top = int(real.max())
+    if top >= draft.embed_size:
+        raise ValueError(f"input_ids holds token id {top}, outside assistant_model's vocabulary "
+                         f"[0, {draft.embed_size})")
+    check_positions(draft, prompt.max_len, cfg.max_new_tokens, "assistant_model")
     return draft
-
-
-def check_rollback(model, name: str, rows: int, longest: int) -> None:
-    """Rollback must work on an HF model's cache: refuse before any work where the adapter would
-    refuse mid-run (a sliding window drops keys once full, and counts rolled-back holes as slots;
-    DESIGN.md 3.4)."""
-    if getattr(model, "hf", None) is None:
-        return  # native caches truncate per row (YOCO's bound is checked in run)
-    c = model.config
-    window = getattr(c, "sliding_window", None)
-    types = getattr(c, "layer_types", None) or []
-    if not window or getattr(c, "use_sliding_window", True) is False or \
-            (types and not any("sliding" in t for t in types)):
-        return
-    if rows > 1:
-        raise ValueError(f"{name} has a sliding-window attention cache (window {window}): per-row rollback at "
-                         f"batch size {rows} cannot be done on it (HF's window counts slots); use batch size 1")
-    if longest >= window:
-        raise ValueError(f"{name} has a sliding-window attention cache (window {window}) that this run would "
-                         f"fill (prompt + max_new_tokens + guesses = {longest}); rolling back a full window is "
-                         "impossible: lower max_new_tokens or use a model without a sliding window")
