@@ -6,8 +6,9 @@ the speculative (1.3x greedy) and blockwise (1.5x greedy) issues would need from
 
 1. Forwards alone: median ms of the shipped target at T = 1 (a greedy step) and T = k + 1 (a verify
    block), of the draft's decode step and of the hydra heads' k guesses; the target's and the
-   draft's step also compiled (torch.compile of models.compiled.static_forward, fixed shapes;
-   --no-compile skips it). Items take turns in each repetition, so noise bursts hit all alike.
+   draft's step also compiled (models/compiled_cpu.py, built or loaded from its disk cache;
+   --no-compile skips it). Whole calls (part 2) run with the default: compiled where available.
+   Items take turns in each repetition, so noise bursts hit all alike.
 2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round) and exact blockwise (heads,
    k) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
    call's wall time is the loop's own bookkeeping. Each call counts from the end of its first target
@@ -67,7 +68,6 @@ def median_ms(items: dict, reps: int, calls: int) -> dict:
 
 def forwards_alone(target, draft, heads, k: int, context: int, reps: int, calls: int,
                    compile_steps: bool) -> list[dict]:
-    from models.compiled import static_forward
     g = torch.Generator().manual_seed(0)
     V = target.vocab_size
     ct, cd = target.new_cache(1, context + 64), draft.new_cache(1, context + 64)
@@ -77,26 +77,27 @@ def forwards_alone(target, draft, heads, k: int, context: int, reps: int, calls:
         draft(torch.randint(4, V, (1, context), generator=g), cd)
         one, block = torch.tensor([[5]]), torch.randint(4, V, (1, k + 1), generator=g)
         h, first = torch.randn(1, target.config.dim, generator=g), torch.tensor([7])
+        def step(model, on, ids, cache, keep=0):  # eager (on=False) or the compiled CPU step
+            model.compile_step = on
+            model(ids, cache, logits_to_keep=keep)
+            cache.truncate(ids.shape[1])
         items = {
-            "target step (T = 1)": lambda: (target(one, ct, logits_to_keep=1), ct.truncate(1)),
-            f"target verify (T = {k + 1})": lambda: (target(block, ct), ct.truncate(k + 1)),
-            "draft step (T = 1)": lambda: (draft(one, cd, logits_to_keep=1), cd.truncate(1)),
+            "target step (T = 1)": lambda: step(target, False, one, ct, 1),
+            f"target verify (T = {k + 1})": lambda: step(target, False, block, ct),
+            "draft step (T = 1)": lambda: step(draft, False, one, cd, 1),
             f"heads: {k} guesses": lambda: heads.propose(h, first, target, lambda j, s, guess: s.argmax(-1)),
         }
-        if compile_steps:  # the same step as one compiled graph (the CPU analogue of the GPU's CUDA graphs)
+        if compile_steps:  # the compiled CPU step (models/compiled_cpu.py; the CPU analogue of CUDA graphs)
             for label, model, cache in (("draft", draft, cd), ("target", target, ct)):
-                compiled = torch.compile(static_forward, dynamic=False, fullgraph=True)
                 t0 = time.perf_counter()
-                try:
-                    compiled(model, one, cache)
-                except Exception as e:  # no C++ compiler, an unsupported torch: say so, measure the rest
-                    rows.append(dict(item=f"{label} step, torch.compile failed: {type(e).__name__}: {str(e)[:120]}"))
+                step(model, True, one, cache)
+                if model._compiled is None or model._compiled.run is None:  # no C++ compiler: say so
+                    rows.append(dict(item=f"{label} step: the compiled step is unavailable (see the warning)"))
                     continue
-                cache.lengths -= 1
-                rows.append(dict(item=f"{label} step, torch.compile: time to compile",
+                rows.append(dict(item=f"{label} step, compiled: time to build or load the library",
                                  ms=(time.perf_counter() - t0) * 1e3))
-                items[f"{label} step (T = 1), torch.compile"] = (
-                    lambda f=compiled, m=model, c=cache: (f(m, one, c), c.lengths.sub_(1)))
+                items[f"{label} step (T = 1), compiled"] = lambda m=model, c=cache: step(m, True, one, c, 1)
+            items[f"target verify (T = {k + 1}), compiled"] = lambda: step(target, True, block, ct)
         for name, ms in median_ms(items, reps, calls).items():
             rows.append(dict(item=name, ms=ms))
     return rows

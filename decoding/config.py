@@ -151,11 +151,16 @@ def _config_items(obj) -> dict:
                     f"got {type(obj).__name__}")
 
 
-def model_defaults(model) -> dict:
+def model_defaults(model, name: str = "model") -> dict:
     """The model's own generation settings, as it declares them (models/protocol.py: an HF model's
     generation_config over its config's special tokens; a native model's special tokens)."""
     from .capabilities import as_decoder
-    return as_decoder(model).generation_defaults
+    try:
+        return as_decoder(model).generation_defaults
+    except TypeError as e:
+        if name == "model":
+            raise
+        raise TypeError(f"{name}: {e}") from None
 
 
 def check_names(kwargs: dict, source: str = "generate()", strict: bool = True, unknown_only: bool = False) -> None:
@@ -198,7 +203,7 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     from_model = model_defaults(model)
     assistant = kwargs["assistant_model"] if "assistant_model" in kwargs else from_obj.get("assistant_model")
     from_assistant = {} if assistant is None else \
-        {n: v for n, v in model_defaults(assistant).items() if n in ASSISTANT_FIELDS}
+        {n: v for n, v in model_defaults(assistant, "assistant_model").items() if n in ASSISTANT_FIELDS}
     values = {}
     for name in FIELDS:
         if name in kwargs:

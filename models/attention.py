@@ -45,32 +45,43 @@ def _kernel_layout(slots: Tensor, lengths: Tensor, valid: Tensor) -> tuple[Tenso
 
 class AttentionBatch:
     """Layout of one forward: query slots (B, T), lengths after the write (B,), real-query mask (B, T)
-    (None: every query real and appended at its row's end, with `kv_len` the longest new length).
+    (None: every query real and appended at its row's end) and `kv_len`, a host bound on the
+    longest row after the write: keys past it are never read (None: read the lengths back).
+    `exact`: kv_len is every row's length (one row, one query: then no mask is needed).
     `kernel` is the decode kernel when this layout can use it (else None), with `q_lens` (B,)."""
 
-    def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor | None, kv_len: int | None = None):
-        self.slots, self.lengths, self.valid = slots, lengths, valid
+    def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor | None = None, kv_len: int | None = None,
+                 *, exact: bool = False):
+        self.slots, self.lengths, self.valid, self.exact = slots, lengths, valid, exact
         self._masks: dict[int, Tensor | None] = {}
         self.kernel, self.q_lens = kernel_for(slots, slots.shape[1]), None
+        self.kv_len = kv_len
         if valid is None:  # the kernel's layout by construction
-            self.kv_len = kv_len
             if self.kernel is not None:
                 self.q_lens = torch.full_like(lengths, slots.shape[1])
-            return
-        if self.kernel is None:
+        elif self.kernel is not None:
+            self.q_lens, ok = _kernel_layout(slots, lengths, valid)
+            longest, ok = torch.stack([lengths.max().long(), ok.long()]).tolist()  # one read-back for both
+            self.kv_len = longest if kv_len is None else kv_len
+            if not ok:
+                self.kernel = None
+        if self.kv_len is None:
             self.kv_len = int(lengths.max())  # keys past the longest row are never read
-            return
-        self.q_lens, ok = _kernel_layout(slots, lengths, valid)
-        kv_len, ok = torch.stack([lengths.max().long(), ok.long()]).tolist()  # one read-back for both
-        self.kv_len = kv_len
-        if not ok:
-            self.kernel = None
+
+    @classmethod
+    def static(cls, slots: Tensor, lengths: Tensor, capacity: int) -> "AttentionBatch":
+        """The fixed-shape layout (CUDA graphs, the compiled CPU step): every query real and at its
+        row's end, every row reading all `capacity` slots, visibility from the device-side slots
+        only. On CUDA the kernel runs with q_lens=None and reads the lengths on the device."""
+        batch = cls(slots, lengths, None, capacity)
+        batch.q_lens = None  # the kernel's default: slots.shape[1] queries per row
+        return batch
 
     def mask(self, window: int) -> Tensor | None:
         """(B, 1, T, kv_len) bool, True = visible; None when every query sees every key."""
         if window not in self._masks:
             B, T = self.slots.shape
-            if B == 1 and T == 1 and (not window or window >= self.kv_len):
+            if self.exact and B == 1 and T == 1 and (not window or window >= self.kv_len):
                 self._masks[window] = None
             else:
                 n = torch.arange(self.kv_len, device=self.slots.device)

@@ -1,6 +1,8 @@
 """Static, preallocated KV cache with per-row lengths and no stored pads (docs/DESIGN.md 3.2)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -12,6 +14,11 @@ class StaticCache:
 
     Truncation is a change of `lengths` only, so decode steps keep fixed shapes (CUDA graphs).
     Slots past a row's length hold garbage and are never attended to.
+
+    `longest` is a host-side upper bound on max(lengths), kept without reading the lengths back:
+    appends raise it by their width, a truncation by a host int lowers it, one by a tensor leaves
+    it (still a bound). Overflow checks and the attention's key range use it; the lengths are read
+    back only when the bound says a forward might overflow (then it is made exact again).
     """
     max_rollback = None  # capability (models/protocol.py): any row truncates to any length
 
@@ -22,14 +29,40 @@ class StaticCache:
         shape = (batch_size, n_kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self._lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.longest, self.exact = 0, True  # host bound on max(lengths); True while it is equal to it
         self.graphs: dict = {}  # CUDA graphs recorded on these buffers (models/compiled.py)
         self._spare: list | None = None  # CPU reorder's second set of buffers (allocated by the first reorder)
         self._index: tuple | None = None  # (slots, scatter index) of the current forward
 
     @property
+    def lengths(self) -> Tensor:
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, value: Tensor) -> None:  # a new tensor from outside: its bound is unknown
+        self._lengths = value
+        self.longest, self.exact = None, False
+
+    def sync_longest(self) -> int:
+        """Make the host bound exact (one read-back) and return it."""
+        self.longest, self.exact = int(self._lengths.max()), True
+        return self.longest
+
+    def reserve(self, T: int) -> int:
+        """Room for T more tokens per row: the bound on the longest row before them. Raises on
+        overflow before any work; reads the lengths back only when the bound says it might."""
+        if self.longest is None or self.longest + T > self.capacity:
+            self.sync_longest()
+            if self.longest + T > self.capacity:
+                raise cache_overflow(self.longest, T, self.capacity)
+        before = self.longest
+        self.longest += T
+        return before
+
+    @property
     def batch_size(self) -> int:
-        return self.lengths.shape[0]
+        return self._lengths.shape[0]
 
     @property
     def capacity(self) -> int:
@@ -42,25 +75,36 @@ class StaticCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v + (self._spare or []))
 
+    # -- the compiled step's view (models/compiled_cpu.py) ------------------------------------
+    def step_state(self) -> list[Tensor]:
+        """The tensors a fixed-shape step reads and writes: lengths, then every layer's K, V."""
+        return [self._lengths, *self.k, *self.v]
+
+    def step_dims(self) -> list[dict[int, str]]:
+        """Dynamic dimensions of step_state: B (batch) and S (capacity)."""
+        return [{0: "B"}] + [{0: "B", 2: "S"}] * (2 * len(self.k))
+
+    def from_state(self, state: list[Tensor]) -> "StaticCache":
+        """This cache over other tensors laid out as step_state (for tracing)."""
+        c, n = copy.copy(self), len(self.k)
+        c._lengths, c.k, c.v, c._index, c.graphs = state[0], list(state[1:1 + n]), list(state[1 + n:]), None, {}
+        return c
+
     # -- writes -------------------------------------------------------------------------------
     def slots_for(self, mask: Tensor) -> Tensor:
         """Slot of each new token (mask [B, T], 1 = real). Real tokens go to [len_b, len_b + n_b);
         pads go to the scratch slots after them, which stay invisible."""
-        T = mask.shape[1]
-        longest = int(self.lengths.max())
-        if longest + T > self.capacity:
-            raise cache_overflow(longest, T, self.capacity)
+        self.reserve(mask.shape[1])
+        self.exact = False  # rows with pads grow by less than T
         rank = mask.long().cumsum(1) - 1  # (B, T) index among the row's real tokens
         n = mask.long().sum(1, keepdim=True)
         pad_rank = n + (1 - mask.long()).cumsum(1) - 1
         return self.lengths.long()[:, None] + torch.where(mask.bool(), rank, pad_rank)
 
     def append_slots(self, T: int) -> tuple[Tensor, int]:
-        """Slots (B, T) of T real tokens per row appended at each row's length, and the longest
-        row's length before them. The mask-free case of slots_for in two ops and one read-back."""
-        longest = int(self.lengths.max())
-        if longest + T > self.capacity:
-            raise cache_overflow(longest, T, self.capacity)
+        """Slots (B, T) of T real tokens per row appended at each row's length, and the bound on the
+        longest row's length before them. The mask-free case of slots_for in two ops, no read-back."""
+        longest = self.reserve(T)
         return self.lengths.long()[:, None] + torch.arange(T, device=self.lengths.device), longest
 
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
@@ -71,16 +115,22 @@ class StaticCache:
         self.k[layer].scatter_(2, idx, k if k.dtype == self.dtype else k.to(self.dtype))
         self.v[layer].scatter_(2, idx, v if v.dtype == self.dtype else v.to(self.dtype))
 
-    def advance(self, n_new: Tensor) -> None:
-        self.lengths += n_new.to(torch.int32)
+    def advance(self, n_new: Tensor | int) -> None:
+        """Lengths += n_new (per row): tokens a forward wrote after reserve()."""
+        self._lengths += n_new if isinstance(n_new, int) else n_new.to(torch.int32)
 
     # -- operations of the cache protocol ----------------------------------------------------
     def truncate(self, n) -> None:
+        host = n if isinstance(n, int) else None
         n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
-        if bool((n < 0).any()) or bool((n > self.lengths).any()):
+        if bool(((n < 0) | (n > self.lengths)).any()):
             raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
                              f"{self.lengths.tolist()}, n {n.tolist()}")
-        self.lengths -= n
+        self._lengths -= n
+        if host is not None and self.longest is not None:  # every row drops n: so does the bound
+            self.longest -= host
+        else:
+            self.exact = False
 
     def _check_index(self, index: Tensor, name: str) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
@@ -105,13 +155,15 @@ class StaticCache:
                 torch.index_select(src, 0, index, out=dst)
             n = len(self.k)
             self.k, self.v, self._spare = self._spare[:n], self._spare[n:], bufs
-        self.lengths.copy_(self.lengths.index_select(0, index))
+        self._lengths.copy_(self._lengths.index_select(0, index))
+        self.exact = False  # rows may repeat or drop: the bound holds, equality may not
 
     def select(self, index: Tensor) -> None:
         index = self._check_index(index, "select")
         self.k = [b.index_select(0, index) for b in self.k]
         self.v = [b.index_select(0, index) for b in self.v]
-        self.lengths = self.lengths.index_select(0, index)
+        self._lengths = self._lengths.index_select(0, index)  # the bound still holds
+        self.exact = False
         self.graphs = {}  # new buffers: recorded graphs point at the old ones
         self._spare = None
 

@@ -11,9 +11,11 @@ from torch import Tensor
 
 from .attention import AttentionBatch, attend
 from .cache import StaticCache
+from .compiled import llama_static_logits
 from .config import DecoderConfig
 from .layout import k_major_
-from .protocol import cache_overflow, check_input_ids, special_tokens
+from .native import NativeDecoder
+from .protocol import special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 
 
@@ -116,8 +118,10 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class LlamaDecoder(nn.Module):
+class LlamaDecoder(NativeDecoder):
     """Decoder-only transformer. `forward` follows the model protocol; `forward_train` is cache-free."""
+    cache_type = StaticCache
+    cuda_graphs = True
     # capabilities (models/protocol.py): the static cache rolls any row back any distance
     max_rollback = None
     rollback_window = None
@@ -138,17 +142,6 @@ class LlamaDecoder(nn.Module):
         k_major_(self)  # faster skinny matmuls on CPU (models/layout.py)
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
-        # decode/verify steps of up to this many tokens replay CUDA graphs on GPU (0 = always eager)
-        self.cuda_graph_max_tokens = 16
-        self._graphed = None
-
-    @property
-    def device(self):
-        return self.embed.weight.device
-
-    @property
-    def dtype(self):
-        return self.embed.weight.dtype
 
     @property
     def embed_size(self) -> int:
@@ -169,42 +162,29 @@ class LlamaDecoder(nn.Module):
         return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
                            dtype=dtype or self.dtype, device=device or self.device)
 
-    def _check(self, input_ids: Tensor, cache: StaticCache, attention_mask, positions) -> None:
-        check_input_ids(input_ids, self.vocab_size)
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids is empty (T = 0): pass at least one token per forward")
-        if not isinstance(cache, StaticCache):
-            raise TypeError(f"cache must come from model.new_cache(), got {type(cache).__name__}")
-        if cache.batch_size != B:
-            raise ValueError(f"input_ids has {B} rows but the cache has {cache.batch_size}")
-        for name, t in (("attention_mask", attention_mask), ("positions", positions)):
-            if t is not None and tuple(t.shape) != (B, T):
-                raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
-
     def forward(self, input_ids: Tensor, cache: StaticCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)) for proposal heads."""
-        self._check(input_ids, cache, attention_mask, positions)
-        if (input_ids.is_cuda and attention_mask is None and positions is None and not return_hidden
-                and input_ids.shape[1] <= self.cuda_graph_max_tokens):
-            shortest, longest = torch.stack(torch.aminmax(cache.lengths)).tolist()  # one read-back
-            if shortest > 0:
-                return self._graph_step(input_ids, cache, logits_to_keep, longest)
+        self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
+        T = input_ids.shape[1]
+        if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
+            logits = self.run_step(input_ids, cache, logits_to_keep)
+            if logits is not None:
+                return logits
+        exact = cache.exact
         if attention_mask is None:  # decode and verify steps: every token real, appended at each row's end
-            slots, longest = cache.append_slots(input_ids.shape[1])  # raises on overflow before any work
-            cache.lengths += input_ids.shape[1]
-            batch = AttentionBatch(slots, cache.lengths, None, kv_len=longest + input_ids.shape[1])
+            valid, (slots, _) = None, cache.append_slots(T)  # raises on overflow before any work
         else:
             valid = attention_mask.bool()
             slots = cache.slots_for(valid)  # raises on overflow before any work
-            cache.advance(valid.sum(1))
-            batch = AttentionBatch(slots, cache.lengths, valid)
+        x = self.embed_ids(input_ids)  # the ids' range check: before the cache changes
+        cache.advance(T if valid is None else valid.sum(1))
+        # keys up to the longest row's bound (no read-back); exact: no mask needed for one query
+        batch = AttentionBatch(slots, cache.lengths, valid, cache.longest, exact=exact and valid is None)
         if positions is None:
             positions = slots  # no stored pads: a token's slot is its position
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
-        x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, cache, batch)
         if logits_to_keep:
@@ -214,14 +194,8 @@ class LlamaDecoder(nn.Module):
 
     __call__ = nn.Module.__call__
 
-    def _graph_step(self, input_ids: Tensor, cache: StaticCache, logits_to_keep: int, longest: int) -> Tensor:
-        from .compiled import GraphedStep
-        if longest + input_ids.shape[1] > cache.capacity:
-            raise cache_overflow(longest, input_ids.shape[1], cache.capacity)
-        if self._graphed is None:
-            self._graphed = GraphedStep(self)
-        logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
-        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+    def static_logits(self, input_ids: Tensor, cache: StaticCache) -> Tensor:
+        return llama_static_logits(self, input_ids, cache)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""
@@ -232,11 +206,3 @@ class LlamaDecoder(nn.Module):
         for layer in self.layers:
             x = layer.forward_train(x, cos, sin)
         return self.norm(x)
-
-    def forward_train(self, input_ids: Tensor) -> Tensor:
-        """Logits (B, T, V) of a full causal pass, no cache (training)."""
-        return self.lm_head(self.hidden_train(input_ids))
-
-    def num_parameters(self, *, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if non_embedding else n

@@ -320,8 +320,7 @@ def install(model, full_cfg, s: Shard, group) -> nn.Module:
     model.embed, model.lm_head = embed, head
     model.config, model.vocab_size = full_cfg, full_cfg.vocab_size
     model.cache_heads = s.n_kv_heads
-    if hasattr(model, "cuda_graph_max_tokens"):
-        model.cuda_graph_max_tokens = 0  # collectives stay outside CUDA graphs: always eager
+    model.step_max_tokens = 0  # collectives stay outside CUDA graphs and the compiled CPU step: always eager
     model.shard, model.comm = s, comm
     return model
 

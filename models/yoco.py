@@ -25,7 +25,8 @@ from .attention import AttentionBatch, attend
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .layout import k_major_
-from .protocol import check_input_ids, special_tokens
+from .native import NativeDecoder
+from .protocol import special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -97,21 +98,21 @@ def yoco_zoo_config(vocab_size: int, bos: int | None, eos: int | None, pad: int 
 
 
 def window_attend(q: Tensor, k: Tensor, v: Tensor, ring_k: Tensor, ring_v: Tensor, ring_rel: Tensor,
-                  *, window: int, scale: float, chunk: int) -> Tensor:
+                  *, window: int, scale: float, chunk: int | None) -> Tensor:
     """Sliding-window attention of T packed new tokens (row b's token t sits at start_b + t).
 
     q (B, T, Hq, D), k/v (B, T, Hkv, D); ring_k/v (B, Hkv, S, D) hold older keys at positions
     start_b + ring_rel (B, S) (valid where ring_rel < 0, else -inf). Query t sees keys at relative
     positions (t - window, t]. Queries go in chunks, each against the ring and the new keys of its
-    window only, so a T-token prefill costs O(T * (window + chunk)), not O(T^2).
+    window only, so a T-token prefill costs O(T * (window + chunk)), not O(T^2); chunk=None: one
+    chunk, with no Python arithmetic on T (the compiled step's T is symbolic).
     """
     B, T, Hq, _ = q.shape
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     ring_k, ring_v = ring_k.to(q.dtype), ring_v.to(q.dtype)
     gqa = k.shape[1] != Hq
     outs = []
-    for c0 in range(0, T, chunk):
-        c1 = min(T, c0 + chunk)
+    for c0, c1 in [(0, T)] if chunk is None else ((c0, min(T, c0 + chunk)) for c0 in range(0, T, chunk)):
         k0 = max(0, c0 - window + 1)  # first new key any query of this chunk can see
         tq = torch.arange(c0, c1, device=q.device)[:, None]  # (C, 1)
         tk = torch.arange(k0, c1, device=q.device)[None]  # (1, K)
@@ -162,8 +163,9 @@ class CrossBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class YOCODecoder(nn.Module):
+class YOCODecoder(NativeDecoder):
     """Decoder-decoder. `forward` follows the model protocol; `forward_train` is cache-free."""
+    cache_type = YOCOCache
     rollback_window = None  # capabilities (models/protocol.py); max_rollback is the rings' slack
     returns_hidden = True
     runs_past_max_positions = False
@@ -189,14 +191,6 @@ class YOCODecoder(nn.Module):
         self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
     @property
-    def device(self):
-        return self.embed.weight.device
-
-    @property
-    def dtype(self):
-        return self.embed.weight.dtype
-
-    @property
     def embed_size(self) -> int:
         return self.vocab_size
 
@@ -219,29 +213,15 @@ class YOCODecoder(nn.Module):
         return YOCOCache(c.n_layers // 2, batch_size, self.cache_heads, max_len, c.head_dim, window=c.window,
                          max_rollback=c.max_rollback, dtype=dtype or self.dtype, device=device or self.device)
 
-    def _check(self, input_ids: Tensor, cache: YOCOCache, attention_mask, positions, logits_to_keep) -> None:
-        check_input_ids(input_ids, self.vocab_size)
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids is empty (T = 0): pass at least one token per forward")
-        if not isinstance(cache, YOCOCache):
-            raise TypeError(f"cache must come from YOCODecoder.new_cache(), got {type(cache).__name__}")
-        if cache.batch_size != B:
-            raise ValueError(f"input_ids has {B} rows but the cache has {cache.batch_size}")
-        if cache.dtype != self.dtype:
-            raise TypeError(f"cache dtype {cache.dtype} differs from the model's {self.dtype}; "
-                            f"create it with model.new_cache(..., dtype={self.dtype})")
-        for name, t in (("attention_mask", attention_mask), ("positions", positions)):
-            if t is not None and tuple(t.shape) != (B, T):
-                raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
-        if not 0 <= logits_to_keep <= T:
-            raise ValueError(f"logits_to_keep must lie in [0, {T}], got {logits_to_keep}")
-
     def forward(self, input_ids: Tensor, cache: YOCOCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)), as LlamaDecoder."""
-        self._check(input_ids, cache, attention_mask, positions, logits_to_keep)
+        self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
+        if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
+            logits = self.run_step(input_ids, cache, logits_to_keep)
+            if logits is not None:
+                return logits
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # Pack each row's real tokens to the front (stable), so token t of row b sits at slot len_b + t
@@ -250,24 +230,12 @@ class YOCODecoder(nn.Module):
         pack = (lambda x: x) if order is None else (lambda x: x.gather(1, order))
         ids, valid = pack(input_ids), pack(valid)
         slots = cache.kv.slots_for(valid)  # (B, T) = len_b + t; raises on overflow before any work
+        x = self.embed_ids(ids)  # (B, T, dim), packed; the ids' range check, before the cache changes
         positions = slots if positions is None else pack(positions)
         start, n_new = cache.lengths.clone(), valid.sum(1).to(torch.int32)
         high = torch.maximum(cache.high, start + n_new)
-        ring_rel = cache.ring_positions(cache.high) - start.long()[:, None]  # (B, S) old ring, relative
-        ring_rel = torch.where(ring_rel + start.long()[:, None] >= 0, ring_rel, 0)  # never-written slots: invisible
-        plan = cache.ring_plan(start, n_new, high, T)
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
-
-        x = self.embed(ids)  # (B, T, dim), packed
-        for i, blk in enumerate(self.self_layers):
-            q, k, v = blk.attn.project(blk.attn_norm(x), cos, sin)  # (B, T, H, D)
-            out = window_attend(q, k, v, cache.ring_k[i], cache.ring_v[i], ring_rel,
-                                window=self.config.window, scale=self.scale, chunk=self.prefill_chunk)
-            cache.write_ring(i, k.transpose(1, 2), v.transpose(1, 2), plan)
-            x = x + blk.attn.wo(out.reshape(B, T, -1))
-            x = x + blk.mlp(blk.mlp_norm(x))
-        k, v = self.global_kv(x, cos, sin)
-        cache.kv.write(0, k.transpose(1, 2), v.transpose(1, 2), slots)
+        x = self._self_decoder(x, cos, sin, cache, start, n_new, high, slots, chunk=self.prefill_chunk)
         cache.kv.advance(n_new)
         cache.high.copy_(high)
 
@@ -279,14 +247,49 @@ class YOCODecoder(nn.Module):
         else:
             take = lambda t: t[:, kept] if logits_to_keep else t
         x, cos, sin = take(x), take(cos), take(sin)
-        batch = AttentionBatch(take(slots), cache.lengths, take(valid))
-        attn = lambda q: attend(q, cache.kv.k[0], cache.kv.v[0], batch, sm_scale=self.scale)
-        for blk in self.cross_layers:
-            x = blk(x, cos, sin, attn)
-        h = self.norm(x)
+        batch = AttentionBatch(take(slots), cache.lengths, take(valid), cache.kv.longest)
+        h = self._cross_decoder(x, cos, sin, cache, batch)
         return (self.lm_head(h), h) if return_hidden else self.lm_head(h)
 
     __call__ = nn.Module.__call__
+
+    def _self_decoder(self, x, cos, sin, cache: YOCOCache, start, n_new, high, slots, *, chunk: int | None) -> Tensor:
+        """Self-decoder over the packed new tokens (rings read and written), then the global K/V
+        written at `slots`; returns the self-decoder's output (B, T, dim)."""
+        T = x.shape[1]
+        ring_rel = cache.ring_positions(cache.high) - start.long()[:, None]  # (B, S) old ring, relative
+        ring_rel = torch.where(ring_rel + start.long()[:, None] >= 0, ring_rel, 0)  # never-written slots: invisible
+        plan = cache.ring_plan(start, n_new, high, T)
+        B = x.shape[0]
+        for i, blk in enumerate(self.self_layers):
+            q, k, v = blk.attn.project(blk.attn_norm(x), cos, sin)  # (B, T, H, D)
+            out = window_attend(q, k, v, cache.ring_k[i], cache.ring_v[i], ring_rel,
+                                window=self.config.window, scale=self.scale, chunk=chunk)
+            cache.write_ring(i, k.transpose(1, 2), v.transpose(1, 2), plan)
+            x = x + blk.attn.wo(out.reshape(B, T, -1))
+            x = x + blk.mlp(blk.mlp_norm(x))
+        k, v = self.global_kv(x, cos, sin)
+        cache.kv.write(0, k.transpose(1, 2), v.transpose(1, 2), slots)
+        return x
+
+    def _cross_decoder(self, x, cos, sin, cache: YOCOCache, batch: AttentionBatch) -> Tensor:
+        attn = lambda q: attend(q, cache.kv.k[0], cache.kv.v[0], batch, sm_scale=self.scale)
+        for blk in self.cross_layers:
+            x = blk(x, cos, sin, attn)
+        return self.norm(x)
+
+    def static_logits(self, input_ids: Tensor, cache: YOCOCache) -> Tensor:
+        """The fixed-shape step (models/compiled.py): T real tokens per row at each row's length,
+        keys over the whole capacity; writes rings and K/V, the caller advances lengths and high."""
+        T = input_ids.shape[1]
+        start = cache.lengths
+        n_new = torch.full_like(start, T)
+        slots = start.long()[:, None] + torch.arange(T, device=input_ids.device)
+        cos, sin = rope_cos_sin(slots, self.inv_freq, self.dtype)
+        x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
+                               torch.maximum(cache.high, start + T), slots, chunk=None)
+        batch = AttentionBatch.static(slots, start + T, cache.capacity)
+        return self.lm_head(self._cross_decoder(x, cos, sin, cache, batch))
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""
@@ -303,11 +306,3 @@ class YOCODecoder(nn.Module):
         for blk in self.cross_layers:
             x = blk(x, cos, sin, attn)
         return self.norm(x)
-
-    def forward_train(self, input_ids: Tensor) -> Tensor:
-        """Logits (B, T, V) of a full causal pass, no cache (training)."""
-        return self.lm_head(self.hidden_train(input_ids))
-
-    def num_parameters(self, *, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if non_embedding else n

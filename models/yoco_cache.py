@@ -9,6 +9,8 @@ follows from the row's high-water length, so no positions are stored.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -36,6 +38,25 @@ class YOCOCache:
     @lengths.setter
     def lengths(self, value: Tensor) -> None:
         self.kv.lengths = value
+
+    @property
+    def longest(self) -> int | None:  # host bound on max(lengths) (models/cache.py)
+        return self.kv.longest
+
+    @property
+    def exact(self) -> bool:
+        return self.kv.exact
+
+    def sync_longest(self) -> int:
+        return self.kv.sync_longest()
+
+    def reserve(self, T: int) -> int:
+        return self.kv.reserve(T)
+
+    def advance(self, T: int) -> None:
+        """After a fixed-shape step of T tokens per row: lengths and high-water lengths move on."""
+        torch.maximum(self.high, self.lengths + T, out=self.high)
+        self.kv.advance(T)
 
     @property
     def batch_size(self) -> int:
@@ -72,6 +93,19 @@ class YOCOCache:
         idx = t[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         for ring, new in ((self.ring_k[layer], k), (self.ring_v[layer], v)):
             ring.copy_(torch.where(fresh, new.gather(2, idx).to(ring.dtype), ring))  # in place: stable addresses
+
+    # -- the compiled step's view (models/compiled_cpu.py) ------------------------------------
+    def step_state(self) -> list[Tensor]:
+        return [*self.kv.step_state(), self.high, *self.ring_k, *self.ring_v]
+
+    def step_dims(self) -> list[dict[int, str]]:
+        return self.kv.step_dims() + [{0: "B"}] * (1 + 2 * len(self.ring_k))
+
+    def from_state(self, state: list[Tensor]) -> "YOCOCache":
+        c, m, n = copy.copy(self), 1 + 2 * len(self.kv.k), len(self.ring_k)
+        c.kv, c.high = self.kv.from_state(state[:m]), state[m]
+        c.ring_k, c.ring_v = list(state[m + 1:m + 1 + n]), list(state[m + 1 + n:])
+        return c
 
     # -- operations of the cache protocol ----------------------------------------------------
     def truncate(self, n) -> None:

@@ -13,6 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (hf_tiny) importable
 
+# No test compiles the CPU step unless it asks to (tests/test_compiled_step.py) or the run does:
+# DECODING_COMPILE=1 python -m pytest ... sends every no-grad decode step through it.
+os.environ.setdefault("DECODING_COMPILE", "0")
+
 
 def pytest_configure(config):
     threads = os.environ.get("DECODING_TEST_THREADS")

@@ -1,29 +1,241 @@
-"""The fixed-shape decode step equals the eager forward (fp32); on CPU the graphed step runs eagerly."""
+"""The fixed-shape step (models/compiled.py) and the compiled CPU step (models/compiled_cpu.py)
+against an independent oracle: the same weights in float64, every position recomputed from the
+row's whole history by the cache-free forward_train (tests/recompute_model.py). Decode steps,
+verify blocks and a per-row truncation, for Llama (GQA, sliding window) and YOCO.
+
+The compiled tests build one library per architecture (tiny configs) into a temporary cache dir;
+nothing else in the suite compiles (tests/conftest.py sets DECODING_COMPILE=0)."""
+import copy
+import json
+import shutil
+import warnings
+
+import pytest
 import torch
 
+import models.compiled_cpu as cc
 from models import DecoderConfig, LlamaDecoder
 from models.compiled import GraphedStep, static_forward
+from models.yoco import YOCOConfig, YOCODecoder
+from recompute_model import RecomputeModel
+
+V = 64
+CONFIGS = {
+    "llama": lambda: LlamaDecoder(DecoderConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                                sliding_window=5, max_seq_len=64)),
+    "yoco": lambda: YOCODecoder(YOCOConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, window=4,
+                                           max_rollback=6, max_seq_len=64)),
+}
+STEPS = [1, 1, 4, 1, 3]  # decode steps and verify blocks
+CUT = [2, 0, 3]  # per-row truncation (a speculative rollback)
 
 
-def test_static_step_equals_eager_forward():
-    torch.manual_seed(0)
-    cfg = DecoderConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, sliding_window=5, max_seq_len=64)
-    model = LlamaDecoder(cfg).eval()
+def build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = CONFIGS[name]().eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.3)
-        prompt = torch.randint(0, 64, (3, 7))
-        eager_cache, static_cache = model.new_cache(3, 32), model.new_cache(3, 32)
-        model(prompt, eager_cache)
-        model(prompt, static_cache)
-        step = GraphedStep(model)
-        for t, T in enumerate([1, 1, 4, 1, 3]):  # decode steps and verify blocks
-            ids = torch.randint(0, 64, (3, T))
-            ref = model(ids, eager_cache)
-            out = step(ids, static_cache) if t % 2 else static_forward(model, ids, static_cache)
-            assert torch.allclose(out, ref, atol=1e-5)
-            assert torch.equal(static_cache.lengths, eager_cache.lengths)
-        static_cache.truncate(torch.tensor([2, 0, 1], dtype=torch.int32))
-        eager_cache.truncate(torch.tensor([2, 0, 1], dtype=torch.int32))
-        ids = torch.randint(0, 64, (3, 2))
-        assert torch.allclose(static_forward(model, ids, static_cache), model(ids, eager_cache), atol=1e-5)
+            p.normal_(0, 0.3)  # decisive argmaxes
+    return model
+
+
+def script(model, step, *, check_eager: bool = False):
+    """Prefill, STEPS, truncation CUT, two more steps; every step's logits against the float64 oracle
+    (and, with check_eager, against the eager forward on its own cache: same argmax, |diff| < 1e-5)."""
+    oracle = RecomputeModel(copy.deepcopy(model).double())
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, V, (3, 7), generator=g)
+    cache, ocache = model.new_cache(3, 40), oracle.new_cache(3, 40)
+    eager = model.new_cache(3, 40) if check_eager else None
+    with torch.no_grad():
+        for c in (cache, eager) if check_eager else (cache,):
+            model(prompt, c, attention_mask=torch.ones_like(prompt))  # an eager prefill
+        oracle(prompt, ocache)
+        for i, T in enumerate(STEPS + [None, 2, 1]):
+            if T is None:
+                for c in (cache, ocache, eager):
+                    if c is not None:
+                        c.truncate(torch.tensor(CUT, dtype=torch.int32))
+                continue
+            ids = torch.randint(0, V, (3, T), generator=g)
+            out, ref = step(ids, cache), oracle(ids, ocache)
+            assert out.shape == ref.shape
+            assert torch.allclose(out, ref, atol=1e-4), (i, (out - ref).abs().max())
+            assert torch.equal(out.argmax(-1), ref.argmax(-1))
+            assert cache.lengths.tolist() == ocache.lengths.tolist()
+            if check_eager:
+                model.compile_step = False
+                e = model(ids, eager)
+                model.compile_step = True
+                assert torch.equal(out.argmax(-1), e.argmax(-1)) and (out - e).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama", "yoco"])
+def test_static_step_matches_float64_oracle(name):
+    model = build(name)
+    script(model, lambda ids, c: static_forward(model, ids, c))
+
+
+def test_graphed_step_on_cpu_matches_oracle():
+    model = build("llama")
+
+    def step(ids, c):
+        c.reserve(ids.shape[1])
+        return GraphedStep(model)(ids, c)  # CPU: the static step, lengths advanced in place
+    script(model, step)
+
+
+# -- the compiled CPU step -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """name -> directory holding that architecture's compiled library (built once per module)."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            d = tmp_path_factory.mktemp(f"compiled_{name}")
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv(cc.CACHE_ENV, str(d))
+                model = build(name)
+                model.compile_step = True
+                with torch.no_grad():
+                    c = model.new_cache(1, 8)
+                    model(torch.tensor([[1]]), c)
+                if model._compiled is None or model._compiled.run is None:
+                    pytest.fail("the compiled CPU step did not build on this machine (see the warning)")
+            built[name] = d
+        return built[name]
+    return get
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(cc.CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+def no_build(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, *a: calls.append(a) or pytest.fail("recompiled"))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["llama", "yoco"])
+def test_compiled_step_matches_oracle_and_eager(name, library, cache_dir, monkeypatch):
+    for f in library(name).iterdir():
+        shutil.copy(f, cache_dir)
+    no_build(monkeypatch)  # a fresh model of the same architecture loads the library: no compile
+    model = build(name, seed=2)  # other weights: the library takes them as inputs
+    model.compile_step = True
+
+    def step(ids, c):
+        out = model(ids, c)
+        assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
+        return out
+    script(model, step, check_eager=True)
+
+
+def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
+    for f in library("llama").iterdir():
+        shutil.copy(f, cache_dir)
+    model = build("llama")
+    model.compile_step = True
+    with torch.no_grad():
+        cache = model.new_cache(2, 16)
+        model(torch.tensor([[1, 2], [3, 4]]), cache)
+        before = [t.clone() for t in cache.step_state()]
+        with pytest.raises(ValueError, match="token id 64 outside the vocabulary"):
+            model(torch.tensor([[5], [64]]), cache)
+    assert model._compiled.run is not None
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.step_state()))
+
+
+@pytest.mark.parametrize("how", ["corrupt", "stale"])
+def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir, monkeypatch):
+    good = library("llama")
+    for f in good.iterdir():
+        shutil.copy(f, cache_dir)
+    pt2, meta = next(cache_dir.glob("*.pt2")), next(cache_dir.glob("*.json"))
+    if how == "corrupt":
+        data = bytearray(pt2.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        pt2.write_bytes(bytes(data))
+    else:  # built by another torch: same file name, key no longer matches
+        info = json.loads(meta.read_text())
+        info["key"]["torch"] = "0.0.0"
+        meta.write_text(json.dumps(info))
+    rebuilt = []
+
+    def rebuild(self, cache, key, path, meta_path):
+        assert not path.exists()  # the bad file was removed, never loaded
+        rebuilt.append(key)
+        for f in good.iterdir():
+            shutil.copy(f, cache_dir)
+        return cc._open(path)
+    monkeypatch.setattr(cc.CompiledStep, "_build", rebuild)
+    model = build("llama")
+    model.compile_step = True
+    with torch.no_grad():
+        c = model.new_cache(1, 8)
+        model(torch.tensor([[1]]), c)
+    assert len(rebuilt) == 1 and model._compiled.run is not None
+
+
+def test_switch_off_runs_eager(cache_dir, monkeypatch):
+    built = []
+    monkeypatch.setattr(cc.CompiledStep, "_load", lambda self, cache: built.append(1) or False)
+    model = build("llama")
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        for switch, env in ((False, "1"), (None, "0")):
+            monkeypatch.setenv(cc.ENV, env)
+            model.compile_step = switch
+            model(ids, model.new_cache(1, 8))
+            assert model._compiled is None and not built
+        monkeypatch.setenv(cc.ENV, "1")
+        model.compile_step = None
+        model(ids, model.new_cache(1, 8))
+    assert built  # the env var turns it on
+
+
+def test_unavailable_compiler_falls_back_to_eager(cache_dir, monkeypatch):
+    def fail(*a, **k):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch.export, "export", fail)
+    monkeypatch.setattr(cc, "_failed", set())
+    model = build("llama")
+    model.compile_step = True
+    with pytest.warns(UserWarning, match="compiled CPU step unavailable"):
+        script(model, lambda ids, c: model(ids, c))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, then eager without retrying
+        with torch.no_grad():
+            model(torch.tensor([[1]]), model.new_cache(1, 4))
+
+
+@pytest.mark.parametrize("name", ["llama", "yoco"])
+def test_cpu_decode_steps_read_nothing_back(name, monkeypatch):
+    """Eager decode and verify steps on CPU read no tensor value back to the host: ids are checked
+    by the embedding, lengths by the cache's host bound (a step still sees every key: the oracle)."""
+    model = build(name)
+    oracle = RecomputeModel(copy.deepcopy(model).double())
+    reads, counting = [], [False]
+    with torch.no_grad():
+        cache, ocache = model.new_cache(2, 32), oracle.new_cache(2, 32)
+        prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(3))
+        model(prompt, cache), oracle(prompt, ocache)
+        for attr in ("item", "tolist", "__bool__", "__int__", "__index__", "__float__"):
+            orig = getattr(torch.Tensor, attr)
+            monkeypatch.setattr(torch.Tensor, attr, lambda self, *a, _o=orig, _n=attr: (counting[0] and reads.append(_n)) or _o(self, *a))
+        outs = []
+        for T in (1, 1, 3, 1):
+            ids = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(T))
+            counting[0] = True
+            out = model(ids, cache)
+            counting[0] = False
+            outs.append((out, oracle(ids, ocache)))
+        monkeypatch.undo()
+    assert reads == []
+    for out, ref in outs:
+        assert torch.allclose(out, ref, atol=1e-4)

@@ -1,0 +1,120 @@
+"""The compiled CPU step (models/compiled_cpu.py) against the eager step, 1 thread.
+
+    python -m bench.compiled_step                        # shipped target, draft, YOCO, random 125M
+    python -m bench.compiled_step --smoke --out /tmp/x   # a tiny random model
+
+Per model: the time to build the library (first process: export + AOTInductor; the on-disk cache
+is pointed at a fresh directory) and to load it in a second process; then the median ms of one
+decode step (T = 1) and one verify block (T = 5) at batch 1 and 8 over a 96-token context,
+eager and compiled taking turns in each repetition, and the largest |logit difference|.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import machine, markdown_table, write_results
+
+LOAD = """
+import sys, time, torch
+from models import checkpoint, DecoderConfig, LlamaDecoder
+import bench.compiled_step as b
+model = b.make(sys.argv[1])
+model.compile_step = True
+with torch.no_grad():
+    c = model.new_cache(1, 8)
+    t = time.perf_counter()
+    model(torch.tensor([[1]]), c)
+    print(time.perf_counter() - t, int(model._compiled.run is not None))
+"""
+
+
+def make(name: str):
+    from models import DecoderConfig, LlamaDecoder
+    from models.artifacts import SHIPPED
+    from models.checkpoint import load
+    if name == "random-125M":
+        torch.manual_seed(0)
+        cfg = DecoderConfig(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2048,
+                            max_seq_len=1024)
+        return LlamaDecoder(cfg).eval()
+    if name == "tiny":
+        torch.manual_seed(0)
+        return LlamaDecoder(DecoderConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2)).eval()
+    return load(SHIPPED / name, dtype=torch.float32)
+
+
+def step_times(model, B: int, T: int, reps: int, calls: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    caches = {}
+    with torch.no_grad():
+        prompt = torch.randint(0, model.vocab_size, (B, 96), generator=g)
+        for mode in ("eager", "compiled"):
+            caches[mode] = model.new_cache(B, 96 + T + 1)
+            model(prompt, caches[mode], attention_mask=torch.ones(B, 96, dtype=torch.long))  # eager prefill
+        ids = torch.randint(0, model.vocab_size, (B, T), generator=g)
+        outs, times = {}, {m: [] for m in caches}
+        for r in range(reps + 1):
+            for mode, cache in caches.items():
+                model.compile_step = mode == "compiled"
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    outs[mode] = model(ids, cache)
+                    cache.truncate(T)
+                if r:  # the first round warms up
+                    times[mode].append((time.perf_counter() - t0) / calls * 1e3)
+    e, c = (statistics.median(times[m]) for m in ("eager", "compiled"))
+    return {"eager_ms": e, "compiled_ms": c, "speedup": e / c,
+            "max_abs_diff": float((outs["eager"] - outs["compiled"]).abs().max()),
+            "same_argmax": bool(torch.equal(outs["eager"].argmax(-1), outs["compiled"].argmax(-1)))}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="target,draft,yoco,random-125M")
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default="bench/results/cpu")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.models, args.reps, args.calls = "tiny", 2, 3
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["DECODING_COMPILE_CACHE"] = d
+        for name in args.models.split(","):
+            model = make(name)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.compile_step = True
+                model(torch.tensor([[1]]), model.new_cache(1, 8))
+            build_s = time.perf_counter() - t0
+            if model._compiled is None or model._compiled.run is None:
+                raise SystemExit(f"{name}: the compiled step did not build (see the warning above)")
+            out = subprocess.run([sys.executable, "-c", LOAD, name], capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path.cwd())}, check=True)
+            load_s, loaded = out.stdout.split()
+            for B in (1, 8):
+                for T in (1, 5):
+                    r = step_times(model, B, T, args.reps, args.calls)
+                    rows.append({"model": name, "batch": B, "T": T, **r, "first_build_s": build_s,
+                                 "second_process_first_step_s": float(load_s), "loaded_not_built": loaded == "1"})
+                    print(rows[-1], flush=True)
+    info = machine()
+    md = ["# Compiled CPU step vs eager step", "", f"torch {info['torch']}, python {info['python']}, 1 thread; "
+          f"`python -m bench.compiled_step {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+          markdown_table(rows, list(rows[0])), ""]
+    write_results(Path(args.out), "compiled_step", {"machine": info, "rows": rows}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

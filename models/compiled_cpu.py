@@ -1,0 +1,206 @@
+"""The compiled CPU step: a native model's fixed-shape decode/verify step (`model.static_logits`,
+models/compiled.py) exported once with torch.export and compiled ahead of time by AOTInductor into
+one C++ library, so a step is a single call with no Python per op (the CPU's CUDA graph).
+
+One library per architecture (model source, config, dtype, weight layout) serves every batch size,
+cache capacity and step width T <= MAX_TOKENS (dynamic dimensions). Weights and cache buffers are
+its inputs, not baked in: no copy of the weights, and new weights of the same shapes reuse it. It
+writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it returns, so a
+failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
+
+Switch: `model.compile_step = False` (always eager) or True (compiled wherever it can be); None,
+the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule.
+Disk cache: $DECODING_COMPILE_CACHE, else $XDG_CACHE_HOME/decoding/compiled (~/.cache/...). A file
+is named by a hash of everything the library depends on (torch version, CPU capability, model
+source, config, dtype, weight shapes and strides); the JSON beside it holds that key and the
+file's sha256, both checked before loading, so a stale or corrupt file is rebuilt, never used.
+No C++ compiler, an export that fails, an older torch: one warning, then the eager step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .protocol import check_input_ids
+
+ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
+MAX_TOKENS = 16  # widest step the library takes (decode: 1, verify: k + 1)
+MAX_BATCH = 1024
+AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (tests run HF-identity through it)
+_SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
+            "cache.py", "yoco_cache.py", "layout.py")
+_failed: set[str] = set()  # keys whose compile failed in this process: eager from then on
+
+
+def wanted(model, cache) -> bool:
+    """Run this step compiled? The switch, then the rule: CPU, no autograd, a dtype checked to keep
+    eager's tokens (float32). Measured faster than eager at every shape tried: 1.8-3.3x per step on
+    the shipped target, draft and YOCO at batch 1, 1.1-2.2x at batch 8 (bench/compiled_step.py)."""
+    on = model.compile_step
+    if on is None:
+        env = os.environ.get(ENV, "").strip()
+        on = None if env == "" else env not in ("0", "false", "off", "no")
+    if on is False or torch.is_grad_enabled():
+        return False
+    return on is True or model.dtype in AUTO_DTYPES
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "decoding" / "compiled"
+
+
+def _key(model, cache) -> dict:
+    here = Path(__file__).parent
+    source = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
+    weights = [(n, tuple(p.shape), tuple(p.stride())) for n, p in model.named_parameters(remove_duplicate=False)]
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+            "model": type(model).__name__, "config": model.config.to_dict(), "dtype": str(model.dtype),
+            "weights": hashlib.sha256(repr(weights).encode()).hexdigest(), "cache": type(cache).__name__,
+            "max_tokens": MAX_TOKENS, "source": source}
+
+
+class _Step(nn.Module):
+    """model.static_logits as a module, so functional_call can swap the weights for inputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, cache) -> Tensor:
+        return self.model.static_logits(input_ids, cache)
+
+
+class _Exported(nn.Module):
+    """(ids, weights, cache state) -> logits. Holds the model outside its own parameters, so the
+    export takes the weights as inputs instead of baking them into the library."""
+
+    def __init__(self, model, names: list[str], template):
+        super().__init__()
+        self._step = [_Step(model)]
+        self.names, self.template = [f"model.{n}" for n in names], template
+
+    def forward(self, input_ids: Tensor, weights: list[Tensor], state: list[Tensor]) -> Tensor:
+        cache = self.template.from_state(state)
+        return torch.func.functional_call(self._step[0], dict(zip(self.names, weights)), (input_ids, cache),
+                                          tie_weights=False, strict=False)
+
+
+class CompiledStep:
+    """The compiled step of one model: loaded from the disk cache or built on first use."""
+
+    def __init__(self, model):
+        self.model, self.dtype, self.device = model, model.dtype, model.device
+        named = dict(model.named_parameters(remove_duplicate=False))
+        self.names, self.weights = list(named), list(named.values())
+        self.run = None  # the library's flat-input entry point, once loaded
+
+    def matches(self, model) -> bool:
+        return model.dtype == self.dtype and model.device == self.device
+
+    def __call__(self, input_ids: Tensor, cache) -> Tensor | None:
+        """Logits (B, T, V) with the cache advanced, or None where the library is unavailable."""
+        if self.run is None and not self._load(cache):
+            return None
+        T = input_ids.shape[1]
+        cache.reserve(T)  # raises on overflow; reads the lengths back only near the capacity
+        ids = input_ids.long().contiguous()
+        try:
+            logits = self.run([ids, *self.weights, *cache.step_state()])[0]
+        except RuntimeError:
+            check_input_ids(input_ids, self.model.vocab_size)  # a bad id: the protocol's error
+            raise
+        cache.advance(T)
+        return logits
+
+    # -- build / load ---------------------------------------------------------------------------
+    def _load(self, cache) -> bool:
+        key = _key(self.model, cache)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        if digest in _failed:
+            return False
+        d = cache_dir()
+        path, meta = d / f"{key['model']}-{digest}.pt2", d / f"{key['model']}-{digest}.json"
+        runner = _load_checked(path, meta, key)
+        if runner is None:
+            try:
+                runner = self._build(cache, key, path, meta)
+            except Exception as e:  # no compiler, unsupported export, older torch: run eagerly
+                _failed.add(digest)
+                warnings.warn(f"compiled CPU step unavailable ({type(e).__name__}: {str(e)[:300]}); "
+                              f"running the eager step (set {ENV}=0 to skip the attempt)", stacklevel=4)
+                return False
+        self.run = runner.boxed_run  # flat inputs -> flat outputs, no pytree per call
+        return True
+
+    def _build(self, cache, key: dict, path: Path, meta: Path):
+        from torch.export import Dim
+        model = self.model
+        n = sum(p.numel() for p in model.parameters())
+        print(f"decoding: compiling the CPU step of {key['model']} ({n / 1e6:.1f}M parameters, "
+              f"{key['dtype']}) once, cached in {path.parent} ...", end="", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        # example shapes all distinct from each other and from the model's own sizes (no accidental
+        # specialisation); every one of them is dynamic in the library
+        example = model.new_cache(2, min(67, model.config.max_seq_len), dtype=self.dtype, device=self.device)
+        example.lengths.copy_(torch.tensor([0, 1], dtype=torch.int32))
+        ids = torch.zeros(2, 3, dtype=torch.long, device=self.device)
+        B, T, S = Dim("batch", min=1, max=MAX_BATCH), Dim("tokens", min=1, max=MAX_TOKENS), \
+            Dim("capacity", min=2, max=max(3, model.config.max_seq_len))
+        dims = {"B": B, "S": S}
+        state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
+        with torch.no_grad():
+            ep = torch.export.export(_Exported(model, self.names, example),
+                                     (ids, [w.detach() for w in self.weights], example.step_state()),
+                                     dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
+                                     strict=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
+        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        os.replace(tmp, path)
+        tmp_meta = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")
+        tmp_meta.write_text(json.dumps({"key": key, "sha256": sha}, indent=1, sort_keys=True))
+        os.replace(tmp_meta, meta)
+        runner = _open(path)
+        print(f" done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        return runner
+
+
+def _load_checked(path: Path, meta: Path, key: dict):
+    """The cached library if its JSON matches `key` and its bytes their sha256; else None (and the
+    bad files removed)."""
+    if not path.exists() or not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        ok = info.get("key") == json.loads(json.dumps(key)) and \
+            info.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+        if ok:
+            return _open(path)
+    except Exception:
+        pass
+    for f in (path, meta):  # stale or corrupt: rebuild
+        f.unlink(missing_ok=True)
+    return None
+
+
+
+def _open(path: Path):
+    """The library's loader (boxed_run: a flat list of tensors in, of outputs out). Straight from
+    torch._C: importing torch._inductor to load it would cost a second process seconds."""
+    try:
+        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except TypeError:  # another torch's signature
+        return torch._inductor.aoti_load_package(str(path)).loader

@@ -1,0 +1,125 @@
+"""What the native decoders (LlamaDecoder, YOCODecoder) share: device and dtype, the input checks
+of the model protocol, and the choice of how a decode/verify step runs.
+
+A step of T <= `step_max_tokens` new tokens per row, none of them padding, is the fixed-shape step
+of models/compiled.py: replayed as a CUDA graph on GPU, and on CPU run by the compiled step of
+models/compiled_cpu.py (`compile_step`: None = automatic, False = always eager, True = compiled
+wherever it can be). Every other forward (prefills, masks, hidden states) runs eagerly.
+
+No forward reads a value back to the host on CPU: token ids are range-checked by the embedding
+itself (a bad id raises before the cache changes), cache lengths by the cache's host-side bound.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .protocol import check_input_ids
+
+
+class NativeDecoder(nn.Module):
+    """Subclasses define `cache_type`, `static_logits(input_ids, cache)` (the fixed-shape step:
+    writes the new K/V, leaves the lengths to the caller) and `hidden_train`."""
+    cache_type: type  # the cache class new_cache() returns
+    cuda_graphs = False  # fixed-shape steps replay CUDA graphs on GPU
+
+    def __init__(self):
+        super().__init__()
+        # decode/verify steps of up to this many tokens run the fixed-shape step (0 = always eager)
+        self.step_max_tokens = 16
+        self.compile_step: bool | None = None  # CPU: None = DECODING_COMPILE or the rule of compiled_cpu
+        self._graphed = None  # CUDA graphs (models/compiled.GraphedStep)
+        self._compiled = None  # compiled CPU step (models/compiled_cpu.CompiledStep)
+
+    @property
+    def device(self):
+        return self.embed.weight.device
+
+    @property
+    def dtype(self):
+        return self.embed.weight.dtype
+
+    @property
+    def cuda_graph_max_tokens(self) -> int:  # the name the GPU benchmarks use
+        return self.step_max_tokens
+
+    @cuda_graph_max_tokens.setter
+    def cuda_graph_max_tokens(self, n: int) -> None:
+        self.step_max_tokens = n
+
+    def check_inputs(self, input_ids: Tensor, cache, attention_mask, positions, logits_to_keep: int) -> None:
+        """The protocol's checks, on the host only (ids' range: see `embed_ids`)."""
+        if not isinstance(input_ids, Tensor):
+            raise TypeError(f"input_ids must be a torch.LongTensor [B, T], got {type(input_ids).__name__}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [B, T], got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids is empty (T = 0): pass at least one token per forward")
+        if not isinstance(cache, self.cache_type):
+            raise TypeError(f"cache must come from {type(self).__name__}.new_cache(), got {type(cache).__name__}")
+        if cache.batch_size != B:
+            raise ValueError(f"input_ids has {B} rows but the cache has {cache.batch_size}")
+        if cache.dtype != self.dtype:
+            raise TypeError(f"cache dtype {cache.dtype} differs from the model's {self.dtype}; "
+                            f"create it with model.new_cache(..., dtype={self.dtype})")
+        for name, t in (("attention_mask", attention_mask), ("positions", positions)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
+        if not isinstance(logits_to_keep, int) or not 0 <= logits_to_keep <= T:
+            raise ValueError(f"logits_to_keep must be an int in [0, {T}] (0 = all), got {logits_to_keep}")
+        if input_ids.is_cuda:  # an out-of-range id is a fatal device assert there: check first (one read-back)
+            check_input_ids(input_ids, self.vocab_size)
+
+    def embed_ids(self, input_ids: Tensor) -> Tensor:
+        """Embeddings (B, T, dim). Call before changing the cache: on CPU the lookup is the range
+        check (no read-back), and a bad id gets the protocol's error."""
+        try:
+            return self.embed(input_ids)
+        except IndexError:
+            check_input_ids(input_ids, self.vocab_size)  # raises the clear error
+            raise
+
+    def fixed_step(self, input_ids: Tensor, cache, attention_mask, positions, return_hidden: bool) -> bool:
+        """True when this forward is a decode/verify step the fixed-shape path runs."""
+        return (attention_mask is None and positions is None and not return_hidden
+                and input_ids.shape[1] <= self.step_max_tokens)
+
+    def run_step(self, input_ids: Tensor, cache, logits_to_keep: int) -> Tensor | None:
+        """Logits of a fixed-shape step through CUDA graphs or the compiled CPU step; None when
+        neither applies here (then the caller runs eagerly)."""
+        if input_ids.is_cuda:
+            from .compiled import GraphedStep
+            if not self.cuda_graphs or (not cache.longest and cache.sync_longest() == 0):
+                return None  # a prompt into an empty cache: not worth a graph
+            cache.reserve(input_ids.shape[1])  # raises on overflow
+            if self._graphed is None:
+                self._graphed = GraphedStep(self)
+            logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
+        elif input_ids.device.type == "cpu":
+            from . import compiled_cpu
+            if not compiled_cpu.wanted(self, cache):
+                return None
+            if self._compiled is None or not self._compiled.matches(self):
+                self._compiled = compiled_cpu.CompiledStep(self)
+            logits = self._compiled(input_ids, cache)
+            if logits is None:
+                return None
+        else:
+            return None
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+
+    def num_parameters(self, *, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def hidden_train(self, input_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_train(self, input_ids: Tensor) -> Tensor:
+        """Logits (B, T, V) of a full causal pass, no cache (training)."""
+        return self.lm_head(self.hidden_train(input_ids))
+
