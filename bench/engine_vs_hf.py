@@ -8,7 +8,11 @@ both alike), medians of --runs calls after one warm-up call each:
 - native: `decoding.generate` on the native model (the shipped target, fp32) vs HF `generate` on
   its `to_hf` export (LlamaForCausalLM with identical weights);
 - adapter-llama: `decoding.generate` on that HF export (the HF adapter) vs its own `generate`;
-- adapter-gpt2: the same on a random-weight GPT-2 of about the target's size.
+- adapter-gpt2: the same on a random-weight GPT-2 of about the target's size;
+- dropin-llama: `model.generate(...)` after `decoding.hf.install(model)` on that HF export (the
+  drop-in runs it on the native decoder built on the model's own weights) vs HF `generate` on an
+  untouched copy (install re-lays the weights it shares, so HF's side keeps HF's own layout);
+- dropin-gpt2: the same on the GPT-2 (the drop-in runs it through the HF adapter).
 Greedy, `max_new_tokens = min_new_tokens`, `eos_token_id=None`, so every call emits exactly
 batch x new tokens; tokens/s = those tokens / wall time of the whole call (prefill included).
 `match` says whether engine and HF returned the same tokens.
@@ -56,11 +60,18 @@ def gpt2(smoke: bool, device):
 
 
 def pairs(smoke: bool, device):
-    """(pair, engine label, engine model, HF model)."""
+    """(pair, engine label, engine model, HF model); a drop-in pair's engine model is an installed
+    HF model, called through its own generate()."""
+    import copy
+
+    import decoding.hf
     native, hf_llama = native_pair(smoke, device)
+    hf_gpt2 = gpt2(smoke, device)
     yield "native", "native Llama (shipped target)" if not smoke else "native Llama (random)", native, hf_llama
     yield "adapter-llama", "HF adapter", hf_llama, hf_llama
-    yield "adapter-gpt2", "HF adapter", gpt2(smoke, device), None
+    yield "adapter-gpt2", "HF adapter", hf_gpt2, hf_gpt2
+    yield "dropin-llama", "drop-in (native decoder)", decoding.hf.install(copy.deepcopy(hf_llama)), hf_llama
+    yield "dropin-gpt2", "drop-in (HF adapter)", decoding.hf.install(copy.deepcopy(hf_gpt2)), hf_gpt2
 
 
 def params_m(model) -> float:
@@ -69,12 +80,17 @@ def params_m(model) -> float:
 
 def measure(engine_model, hf_model, batch: int, prompt_len: int, new: int, runs: int, bar) -> dict:
     import decoding
+    import decoding.hf
     vocab = hf_model.config.vocab_size
     gen = torch.Generator().manual_seed(batch)
     ids = torch.randint(4, vocab, (batch, prompt_len), generator=gen).to(hf_model.device)
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None)
-    calls = {"engine": lambda: decoding.generate(engine_model, ids, **kw).sequences,
-             "hf": lambda: hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kw)}
+    mask = torch.ones_like(ids)
+    if decoding.hf.is_installed(engine_model):  # the drop-in: the user's own call, as HF's
+        calls = {"engine": lambda: engine_model.generate(ids, attention_mask=mask, **kw)}
+    else:
+        calls = {"engine": lambda: decoding.generate(engine_model, ids, **kw).sequences}
+    calls["hf"] = lambda: hf_model.generate(ids, attention_mask=mask, **kw)
     outputs = {name: fn() for name, fn in calls.items()}  # warm-up, and the tokens to compare
     times = {name: [] for name in calls}
     for _ in range(runs):  # alternate, so drifting machine load hits both alike
@@ -93,7 +109,7 @@ def measure(engine_model, hf_model, batch: int, prompt_len: int, new: int, runs:
 
 
 def run(smoke: bool = False, out=None, runs=None, threads: int = 1, batches=(1, 8), new=None, prompt_len=None,
-        device="cpu"):
+        device="cpu", only=None):
     from tqdm import tqdm
     if threads:
         torch.set_num_threads(threads)
@@ -105,12 +121,12 @@ def run(smoke: bool = False, out=None, runs=None, threads: int = 1, batches=(1, 
     out = Path(out) if out is not None else ROOT / "results" / ("cpu" if device.type == "cpu" else device_slug(info))
     t0 = time.time()
     rows = []
-    todo = list(pairs(smoke, device))
+    todo = [p for p in pairs(smoke, device) if not only or p[0] in only]
     with tqdm(total=len(todo) * len(batches) * runs * 2, desc="engine vs HF", unit="call", file=sys.stderr) as bar:
         for pair, label, model, hf_model in todo:
             for batch in batches:
                 bar.set_postfix_str(f"{pair} batch {batch}")
-                row = measure(model, hf_model if hf_model is not None else model, batch, prompt_len, new, runs, bar)
+                row = measure(model, hf_model, batch, prompt_len, new, runs, bar)
                 rows.append(dict(pair=pair, engine=label, params_m=params_m(model), **row))
     results = dict(machine=info, smoke=smoke, runs=runs, threads=torch.get_num_threads(), device=str(device),
                    dtype="float32", seconds=round(time.time() - t0, 1), rows=rows)
@@ -163,9 +179,10 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, help="tokens generated per row (default 64; smoke 8)")
     ap.add_argument("--prompt-len", type=int, help="prompt tokens per row (default 32; smoke 8)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--pairs", nargs="+", help="only these pairs (default: all)")
     args = ap.parse_args(argv)
     results, out = run(args.smoke, args.out, args.runs, args.threads, tuple(args.batches), args.new_tokens,
-                       args.prompt_len, args.device)
+                       args.prompt_len, args.device, args.pairs)
     print(render(results))
     print(f"\nwrote {out}/engine_vs_hf.{{json,md,png}} in {results['seconds']} s")
     return 0

@@ -24,17 +24,21 @@ from .api import generate as engine_generate
 _ATTR = "_decoding_hf_install"  # the install record kept on the model
 
 
-def install(model):
-    """Route `model.generate` through the engine; returns the model. Installing twice is a no-op."""
+def install(model, native: bool = True):
+    """Route `model.generate` through the engine; returns the model. Installing twice only updates
+    `native`. native=True runs Llama-family models (Llama, Qwen2, Mistral) on the native decoder
+    built on their own weights (models/hf_native.py) where it computes exactly what HF's model does;
+    native=False keeps every call on the HF adapter."""
     from models.hf_adapter import is_hf_model
     if not is_hf_model(model):
         raise TypeError(f"decoding.hf.install takes a Hugging Face PreTrainedModel, got {type(model).__name__}; "
                         "call decoding.generate(model, input_ids, ...) for native models")
     if getattr(model, _ATTR, None) is not None:
+        getattr(model, _ATTR)["native"] = native
         return model
     had_own = "generate" in vars(model)  # an instance attribute someone set before us
     hf_generate = model.generate  # bound: the class's method or that attribute
-    record = {"hf_generate": hf_generate, "had_own": had_own, "warned": set(),
+    record = {"hf_generate": hf_generate, "had_own": had_own, "warned": set(), "native": native,
               "signature": inspect.signature(hf_generate)}  # follows HF's decorators (__wrapped__)
 
     @functools.wraps(getattr(hf_generate, "__func__", hf_generate))  # HF's docstring and signature
@@ -106,8 +110,12 @@ def _generate(model, record, args, kwargs):
         call["streamer"] = watched = _Watched(streamer)
     adapter = _adapter(model)
     forwards = adapter.forwards if adapter is not None else None
+    target = model
+    if record.get("native"):
+        from models.hf_native import route
+        target = route(model, call, attention_mask)  # the native decoder, or the model itself (the HF adapter)
     try:
-        out = engine_generate(model, inputs, attention_mask, **call)
+        out = engine_generate(target, inputs, attention_mask, **call)
     except NotImplementedError as e:
         if streamer is not None and watched.started:
             watched.close()

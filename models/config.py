@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# the gate activations of the MLP, named as in HF configs (the same functions as HF's ACT2FN)
+ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu")
+
+
 @dataclass
 class DecoderConfig:
     vocab_size: int
@@ -16,6 +20,7 @@ class DecoderConfig:
     n_kv_heads: int | None = None  # 1 = multi-query, n_heads = multi-head, else grouped-query
     head_dim: int | None = None  # default dim // n_heads
     hidden_dim: int | None = None  # SwiGLU width; default 4 * dim * 2/3 rounded up to 32
+    hidden_act: str = "silu"  # the gate's activation (GLU variants: "gelu", "gelu_pytorch_tanh", "relu")
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
@@ -35,6 +40,8 @@ class DecoderConfig:
             self.head_dim = self.dim // self.n_heads
         if self.hidden_dim is None:
             self.hidden_dim = 32 * -(-int(8 * self.dim / 3) // 32)
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.layer_windows is not None and len(self.layer_windows) != self.n_layers:
@@ -44,7 +51,10 @@ class DecoderConfig:
         return self.layer_windows[layer] if self.layer_windows is not None else self.sliding_window
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["hidden_act"] == "silu":
+            del d["hidden_act"]  # the default: configs saved before the field existed read back the same
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecoderConfig":

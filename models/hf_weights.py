@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DecoderConfig
+from .config import ACTIVATIONS, DecoderConfig
 from .llama import LlamaDecoder
 
 SUPPORTED = ("llama", "qwen2", "mistral")
@@ -37,8 +37,9 @@ def _windows(hf) -> list[int] | None:
 def config_from_hf(hf) -> DecoderConfig:
     if hf.model_type not in SUPPORTED:
         raise ValueError(f"cannot import model_type {hf.model_type!r}: the native decoder loads {SUPPORTED}")
-    if getattr(hf, "hidden_act", "silu") != "silu":
-        raise NotImplementedError(f"hidden_act {hf.hidden_act!r}: the native decoder uses SwiGLU (silu)")
+    act = getattr(hf, "hidden_act", "silu")
+    if act not in ACTIVATIONS:
+        raise NotImplementedError(f"hidden_act {act!r}: the native decoder's gated MLP takes {ACTIVATIONS}")
     if getattr(hf, "mlp_bias", False):
         raise NotImplementedError("mlp_bias=True is not supported by the native decoder")
     qkv_bias = hf.model_type == "qwen2" or bool(getattr(hf, "attention_bias", False))
@@ -47,7 +48,7 @@ def config_from_hf(hf) -> DecoderConfig:
         vocab_size=hf.vocab_size, dim=hf.hidden_size, n_layers=hf.num_hidden_layers,
         n_heads=hf.num_attention_heads, n_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
         head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-        hidden_dim=hf.intermediate_size, rope_theta=_rope_theta(hf), norm_eps=hf.rms_norm_eps,
+        hidden_dim=hf.intermediate_size, hidden_act=act, rope_theta=_rope_theta(hf), norm_eps=hf.rms_norm_eps,
         tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)), qkv_bias=qkv_bias,
         layer_windows=windows if windows and any(windows) else None,
         max_seq_len=hf.max_position_embeddings, bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id,
@@ -105,7 +106,7 @@ def to_hf(model: LlamaDecoder):
     hf_cfg = LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        head_dim=cfg.head_dim, hidden_act=cfg.hidden_act, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
         max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=cfg.qkv_bias, bos_token_id=cfg.bos_token_id, eos_token_id=eos,
         pad_token_id=cfg.pad_token_id)

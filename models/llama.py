@@ -76,15 +76,29 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
+def activation(name: str):
+    """The gate activation named as in HF configs (the functions HF's ACT2FN applies)."""
+    if name in ("silu", "swish"):
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_pytorch_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown hidden_act {name!r}")
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up in one matmul
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.act = activation(getattr(cfg, "hidden_act", "silu"))  # YOCOConfig has no hidden_act: SwiGLU
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(self.act(gate) * up)
 
 
 class Block(nn.Module):

@@ -15,7 +15,7 @@ def test_smoke_writes_json_markdown_and_png(tmp_path, capsys):
     results = json.loads((tmp_path / "engine_vs_hf.json").read_text())
     assert results["smoke"] and results["runs"] == 2 and results["machine"]["torch"] == torch.__version__
     pairs = {(r["pair"], r["batch"]) for r in results["rows"]}
-    assert pairs == {(p, b) for p in ("native", "adapter-llama", "adapter-gpt2") for b in (1, 8)}
+    assert pairs == {(p, b) for p in ("native", "adapter-llama", "adapter-gpt2", "dropin-llama", "dropin-gpt2") for b in (1, 8)}
     for row in results["rows"]:
         assert row["match"], row  # greedy fp32: the engine's tokens are HF's
         assert row["engine_tok_s"] > 0 and row["hf_tok_s"] > 0 and len(row["engine_s"]) == 2
