@@ -108,12 +108,12 @@ def _generate(model, record, args, kwargs):
     streamer = call.get("streamer")
     if streamer is not None:
         call["streamer"] = watched = _Watched(streamer)
-    adapter = _adapter(model)
-    forwards = adapter.forwards if adapter is not None else None
     target = model
     if record.get("native"):
         from models.hf_native import route
         target = route(model, call, attention_mask)  # the native decoder, or the model itself (the HF adapter)
+    counter = _adapter(model) if target is model else target  # whose forward count tells if work began
+    forwards = counter.forwards if counter is not None else None
     try:
         out = engine_generate(target, inputs, attention_mask, **call)
     except NotImplementedError as e:
@@ -123,7 +123,7 @@ def _generate(model, record, args, kwargs):
         return _fallback(record, _argument(e), str(e), args, kwargs)
     except (ValueError, TypeError) as e:
         streamed = streamer is not None and watched.started
-        if streamed or adapter is None or adapter.forwards != forwards:
+        if streamed or counter is None or counter.forwards != forwards:
             if streamer is not None:
                 watched.close()
             raise

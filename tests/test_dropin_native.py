@@ -208,3 +208,22 @@ def test_weight_changes_after_install_are_seen(targets):
     assert torch.equal(model.generate(ids, attention_mask=mask, **KW), oracle.generate(ids, attention_mask=mask, **KW))
     assert hf_native.native_for(model).dtype == torch.float64
     assert targets == ["native"] * 4
+
+
+def test_an_error_after_work_began_is_raised_not_rerun_on_hf(monkeypatch):
+    """A refusal before the first forward goes to HF (it judges the value); an error once the native
+    decoder has run a forward is the engine's own, and is raised, not hidden by an HF rerun."""
+    model, _ = installed("llama")
+    ids, mask = left_pad(ROWS)
+    native = hf_native.native_for(model)
+    forward = type(native).forward
+
+    def failing(self, *args, **kwargs):
+        if self.forwards >= 2:
+            raise ValueError("injected failure on the third forward")
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(type(native), "forward", failing)
+    decoding.hf.reset_counts()
+    with pytest.raises(ValueError, match="injected failure"):
+        model.generate(ids, attention_mask=mask, **KW)
+    assert decoding.hf.counts()["fallback"] == 0
