@@ -39,7 +39,10 @@ class Prompt:
         return self.given if n == 1 else self.given.repeat_interleave(n, 0)
 
     def mask_rows(self, n: int) -> Tensor | None:
-        return self.mask if self.mask is None or n == 1 else self.mask.repeat_interleave(n, 0)
+        """The mask of rows(n); None also for an inputs_embeds-only prompt, whose head is empty."""
+        if self.mask is None or self.given.shape[1] != self.mask.shape[1]:
+            return None
+        return self.mask if n == 1 else self.mask.repeat_interleave(n, 0)
 
 
 def _from_lists(rows, pad: int) -> tuple[Tensor, Tensor]:
@@ -65,7 +68,9 @@ def _from_lists(rows, pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
+def prepare_prompt(input_ids, attention_mask, model, cfg, embeds_only: bool = False) -> Prompt:
+    """embeds_only: input_ids are placeholders for an inputs_embeds prompt given without ids; as in
+    HF's generate, the output's head (`given`) is then empty: sequences hold the new tokens only."""
     device = torch.device(model.device)
     embed_size = model.embed_size
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
@@ -96,7 +101,7 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
             if empty:
                 raise ValueError(f"input_ids row {empty[0]} is empty (attention_mask all 0): every prompt "
                                  "needs at least one token")
-            if ids.shape[0] > 1 and not bool(mask[:, -1].all()):  # HF warns and runs (the mask keeps it exact)
+            if ids.shape[0] > 1 and not embeds_only and not bool(mask[:, -1].all()):  # HF warns and runs (the mask keeps it exact)
                 warnings.warn("A decoder-only architecture is being used, but right-padding was detected! For correct "
                               "generation results, please set `padding_side='left'` when initializing the tokenizer.",
                               UserWarning, stacklevel=3)
@@ -116,7 +121,8 @@ def prepare_prompt(input_ids, attention_mask, model, cfg) -> Prompt:
     safe = pad if 0 <= pad < embed_size else 0
     # the model reads pads as given (HF does; a right pad's logits are the next token's), unless not an id
     model_ids = ids if mask is None else ids.masked_fill(~mask & ((ids < 0) | (ids >= embed_size)), safe)
-    return Prompt(given=ids.to(device), ids=model_ids.to(device), mask=None if mask is None else mask.to(device),
+    given = ids[:, :0] if embeds_only else ids
+    return Prompt(given=given.to(device), ids=model_ids.to(device), mask=None if mask is None else mask.to(device),
                   lengths=lengths.to(device), max_len=int(lengths.max()), embed_size=embed_size)
 
 
@@ -124,6 +130,7 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     """max_new_tokens / min_new_tokens of this call from HF's length arguments (which count the
     padded prompt), then the position limit."""
     T = prompt.width
+    head = prompt.given.shape[1]  # HF's input_ids length: 0 for an inputs_embeds-only prompt
     limit = model.max_positions
     if prompt.max_len > (limit or prompt.max_len) and not model.runs_past_max_positions:
         raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
@@ -136,9 +143,9 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
             raise ValueError(f"input_ids has length {T} but max_length is {cfg.max_length}: nothing to generate; "
                              "raise max_length or, better, set max_new_tokens")
     else:  # HF: 20 new tokens, capped by the position limit
-        max_new = min(cfg.max_length, limit - T) if limit else cfg.max_length
+        max_new = min(cfg.max_length, limit - head) if limit else cfg.max_length
         if max_new < 1:
-            raise ValueError(f"input_ids has length {T}, which leaves no room under the model's {limit} "
+            raise ValueError(f"input_ids has length {head}, which leaves no room under the model's {limit} "
                              "positions; shorten the prompt")
     check_positions(model, prompt.max_len, max_new)
     cfg.max_new_tokens = max_new
@@ -232,9 +239,12 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs) -> Generation
     extra = {k: kwargs.pop(k) for k in hf_call.MODEL_INPUTS if k in kwargs}  # HF's model kwargs
     cfg, _ = resolve(target, kwargs)
     hf_call.check(target, extra, cfg)
+    embeds_only = input_ids is None and extra.get("inputs_embeds") is not None
+    if embeds_only:  # HF starts from empty input_ids; the prefill reads the embeddings
+        input_ids = hf_call.embeds_placeholder(extra["inputs_embeds"], cfg)
     if input_ids is None:
         raise ValueError("input_ids is required: pass the prompt's token ids [batch, length]")
-    prompt = prepare_prompt(input_ids, attention_mask, target, cfg)
+    prompt = prepare_prompt(input_ids, attention_mask, target, cfg, embeds_only=embeds_only)
     hf_call.check_shapes(extra, prompt)
     plan_lengths(cfg, prompt, target)
     stop = _stop_strings(cfg)

@@ -103,7 +103,7 @@ def _generate(model, record, args, kwargs):
         inputs = _bos_prompt(model, call)  # HF starts from bos, batch size 1
         if inputs is None:
             return _fallback(record, "inputs", "no prompt and no bos_token_id", args, kwargs)
-    if not isinstance(inputs, torch.Tensor):
+    if inputs is not None and not isinstance(inputs, torch.Tensor):  # None: an inputs_embeds prompt
         return _fallback(record, "inputs", "the prompt is not a token-id tensor", args, kwargs)
     streamer = call.get("streamer")
     if streamer is not None:

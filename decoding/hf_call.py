@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 # model inputs HF's generate forwards to the model; popped before the generation config is resolved
@@ -40,9 +41,9 @@ def check(target, extra: dict, cfg) -> None:
         if not _lockstep(cfg) or cfg.num_beams > 1 or cfg.num_return_sequences > 1 or cfg.use_cache is False:
             raise _not_implemented(name, "is continued with greedy decoding or sampling (one sequence per prompt)")
     if extra.get("inputs_embeds") is not None:
-        if not hf or not _lockstep(cfg) or past is not None:
+        if not hf or not _lockstep(cfg):
             raise _not_implemented("inputs_embeds", "is taken with greedy, sampling and beam search on Hugging Face "
-                                   "models, without a past cache")
+                                   "models")
     for name in ("token_type_ids", "position_ids"):
         if extra.get(name) is not None:
             if not hf:
@@ -63,14 +64,25 @@ def _past(extra: dict):
     return extra.get("cache") if extra.get("cache") is not None else extra.get("past_key_values")
 
 
+def embeds_placeholder(embeds, cfg) -> Tensor:
+    """Token ids standing in for an inputs_embeds prompt passed without input_ids (HF's generate
+    then starts from empty input_ids): the model reads the embeddings, never these ids."""
+    if not isinstance(embeds, Tensor) or embeds.dim() != 3:
+        raise _not_implemented("inputs_embeds", "is taken as a [batch, length, hidden] tensor only")
+    if cfg.repetition_penalty not in (None, 1.0):  # HF: new tokens only, with its pad count from the mask
+        raise _not_implemented("repetition_penalty", "with inputs_embeds and no input_ids is not implemented by "
+                               "the engine")
+    return torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+
 def check_shapes(extra: dict, prompt) -> None:
     for name in ("token_type_ids", "position_ids"):
         t = extra.get(name)
-        if t is not None and tuple(t.shape) != tuple(prompt.given.shape):
-            raise _not_implemented(name, f"of shape {tuple(t.shape)} (not input_ids' {tuple(prompt.given.shape)})")
+        if t is not None and tuple(t.shape) != tuple(prompt.ids.shape):
+            raise _not_implemented(name, f"of shape {tuple(t.shape)} (not input_ids' {tuple(prompt.ids.shape)})")
     embeds = extra.get("inputs_embeds")
     if embeds is not None and (not isinstance(embeds, Tensor) or embeds.dim() != 3
-                               or tuple(embeds.shape[:2]) != tuple(prompt.given.shape)):
+                               or tuple(embeds.shape[:2]) != tuple(prompt.ids.shape)):
         raise _not_implemented("inputs_embeds", "is taken alongside input_ids of the same [batch, length] only")
     past = _past(extra)
     if past is not None:

@@ -246,8 +246,8 @@ class HFModel:
         if call is not None and cache.size == 0:
             if call.past is not None:
                 input_ids, attention_mask, positions = self._continue(cache, call, input_ids, attention_mask)
-            elif call.inputs_embeds is not None:
-                embeds = call.inputs_embeds
+            if call.inputs_embeds is not None:
+                embeds = call.inputs_embeds[:, cache.size:]  # past a caller's cache: the rest of the prompt
         B, T = input_ids.shape
         if cache.batch_size != B or T == 0:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} does not fit a cache of {cache.batch_size} rows")

@@ -43,9 +43,9 @@ class BeamDecoder:
         self.feed_pad = 0 if pad is None or pad >= prompt.embed_size else pad  # finished rows (diverse)
         self.seen = None  # (B*N, V) bool, for the repetition penalty
         if self.pipeline.needs_seen:
-            ids = self.rows
-            if prompt.mask is not None and not penalise_prompt_pads:  # HF 5.x skips the left pads
-                ids = ids.masked_fill(prompt.mask_rows(num_beams).long().cumsum(1) == 0, self.V)  # holes count
+            ids, mask = self.rows, prompt.mask_rows(num_beams)
+            if mask is not None and not penalise_prompt_pads:  # HF 5.x skips the left pads
+                ids = ids.masked_fill(mask.long().cumsum(1) == 0, self.V)  # holes count
             self.seen = self._hits(ids)
 
     def _hits(self, ids: Tensor) -> Tensor:

@@ -1,0 +1,90 @@
+"""decoding.hf.install against HF's own generate (the oracle) on calls that used to fall back:
+an inputs_embeds prompt without input_ids, and HF's cache_implementation values. Every comparison
+asserts that the call ran on the engine (run_both), so none can pass by falling back to HF."""
+import inspect
+
+import pytest
+import torch
+
+import decoding
+from hf_tiny import tiny
+from test_dropin_conformance import run_both, same_output
+
+OUTPUTS = dict(return_dict_in_generate=True, output_scores=True, output_logits=True, output_hidden_states=True)
+
+
+def left_padded(model, batch=2, length=7, seed=5):
+    """ids, embeddings (not the ids' own, so that the engine must read them) and a left-padded mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 96, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids) + 0.05
+    return ids, embeds, mask
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inputs_embeds_without_input_ids(family):
+    model = tiny(family, attn_implementation="eager")
+    _, embeds, mask = left_padded(model)
+    modes = (dict(do_sample=False), dict(do_sample=True, num_return_sequences=2, top_k=10),
+             dict(num_beams=2), dict(num_beams=2, do_sample=True, num_return_sequences=2))
+    for mode in modes:
+        for m in (mask, None):
+            ref, out = run_both(model, inputs_embeds=embeds, attention_mask=m, max_new_tokens=4, **mode, **OUTPUTS)
+            assert ref.sequences.shape[1] == 4  # HF's sequences hold the new tokens only
+            same_output(ref, out)
+
+
+def test_inputs_embeds_without_input_ids_lengths():
+    # HF's lengths for an embeds prompt: the default is 20 new tokens (the prompt is not counted),
+    # max_length / min_length count the embeddings
+    model = tiny("llama")
+    _, embeds, mask = left_padded(model)
+    for kw in (dict(), dict(max_length=12, min_length=10, no_repeat_ngram_size=2)):
+        ref, out = run_both(model, inputs_embeds=embeds, attention_mask=mask, **kw)
+        same_output(ref, out)
+
+
+def test_inputs_embeds_repetition_penalty_falls_back():
+    # HF applies the penalty to new tokens only and skips as many of them as the mask has left pads:
+    # the engine leaves that to HF
+    model = tiny("llama")
+    _, embeds, mask = left_padded(model)
+    decoding.hf.uninstall(model)
+    with torch.no_grad():
+        ref = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, repetition_penalty=1.3)
+    decoding.hf.install(model)
+    decoding.hf.reset_counts()
+    try:
+        with pytest.warns(UserWarning, match="repetition_penalty"):
+            out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, repetition_penalty=1.3)
+    finally:
+        decoding.hf.uninstall(model)
+    assert decoding.hf.counts()["fallbacks"] == {"repetition_penalty": 1}
+    assert torch.equal(ref, out)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inputs_embeds_continue_from_callers_cache(family):
+    from transformers import DynamicCache
+    model = tiny(family)
+    _, embeds, mask = left_padded(model, length=9)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    results = []
+    for install in (False, True):
+        past = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(inputs_embeds=embeds[:, :6], attention_mask=mask[:, :6], use_cache=True, **{key: past})
+        if install:
+            decoding.hf.install(model)
+            decoding.hf.reset_counts()
+        try:
+            results.append(model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4,
+                                          do_sample=False, return_dict_in_generate=True, output_scores=True,
+                                          **{key: past}))
+        finally:
+            decoding.hf.uninstall(model)
+    assert decoding.hf.counts()["engine"] == 1, decoding.hf.counts()
+    same_output(*results)
