@@ -231,10 +231,24 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     validate(cfg)
     warn_idle(cfg, explicit)
     compile_config = kwargs.get("compile_config", from_obj.get("compile_config"))
-    if compile_config is not None:  # HF compiles only static caches, which fall back (cache_implementation)
+    # HF's auto-compile settings (a static cache compiles where these allow: decoding/hf_call.py)
+    model_gc = getattr(model, "generation_config", None)
+    cfg.compile_config = compile_config if compile_config is not None else getattr(model_gc, "compile_config", None)
+    cfg.disable_compile = bool(kwargs.get("disable_compile", from_obj.get(
+        "disable_compile", getattr(model_gc, "disable_compile", False))))
+    if compile_config is not None and not hf_auto_compiles(cfg, getattr(model, "device", None)):
         warnings.warn("You have set `compile_config`, but we are unable to meet the criteria for compilation. "
                       "Compilation will be skipped.", UserWarning, stacklevel=3)
     return cfg, explicit
+
+
+def hf_auto_compiles(cfg: GenerationConfig, device) -> bool:
+    """Whether HF's generate compiles the decoding forward of this call: a static cache, on an
+    accelerator or with compile_config._compile_all_devices, unless disable_compile."""
+    if cfg.cache_implementation != "static" or cfg.disable_compile:
+        return False
+    all_devices = getattr(cfg.compile_config, "_compile_all_devices", False)
+    return bool(all_devices) or getattr(device, "type", None) in ("cuda", "xpu", "neuron", "tpu")
 
 
 def normalise(cfg: GenerationConfig) -> None:
@@ -377,7 +391,9 @@ def validate_word_lists(cfg: GenerationConfig) -> None:
 
 
 BEAM_SAMPLING = True  # strategies/beam_sample.py
-CACHES = (None, "dynamic")  # cache_implementation values the engine runs (its own cache is dynamic)
+# cache_implementation values the engine runs: its own cache is dynamic; "static" runs on Hugging Face
+# models only, in HF's StaticCache (decoding/hf_call.py checks the rest)
+CACHES = (None, "dynamic", "static")
 
 
 def check_supported(cfg: GenerationConfig) -> None:

@@ -109,7 +109,8 @@ def _generate(model, record, args, kwargs):
     if streamer is not None:
         call["streamer"] = watched = _Watched(streamer)
     target = model
-    if record.get("native"):
+    if record.get("native") and _setting(model, call, "cache_implementation", None) != "static":
+        # a static cache is HF's StaticCache, filled by HF's forward: the HF adapter runs it
         from models.hf_native import route
         target = route(model, call, attention_mask)  # the native decoder, or the model itself (the HF adapter)
     counter = _adapter(model) if target is model else target  # whose forward count tells if work began
@@ -225,8 +226,7 @@ def _cache_out(cache):
     if cache is None:
         return None
     for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
+        for name, t in list(vars(layer).items()):  # keys, values, a static layer's cumulative_length
             if isinstance(t, torch.Tensor) and t.is_inference():
                 setattr(layer, name, t.clone())
     for name in ("key_cache", "value_cache"):  # 4.x

@@ -40,6 +40,8 @@ def check(target, extra: dict, cfg) -> None:
             raise _not_implemented(name, f"as a {type(past).__name__} is not continued by the engine (a DynamicCache is)")
         if not _lockstep(cfg) or cfg.num_beams > 1 or cfg.num_return_sequences > 1 or cfg.use_cache is False:
             raise _not_implemented(name, "is continued with greedy decoding or sampling (one sequence per prompt)")
+    if cfg.cache_implementation == "static":
+        _check_static(target, cfg, past)
     if extra.get("inputs_embeds") is not None:
         if not hf or not _lockstep(cfg):
             raise _not_implemented("inputs_embeds", "is taken with greedy, sampling and beam search on Hugging Face "
@@ -58,6 +60,25 @@ def check(target, extra: dict, cfg) -> None:
             raise _not_implemented(asked[0], "is recorded for Hugging Face models only")
         if not _lockstep(cfg):
             raise _not_implemented(asked[0], "is recorded with greedy, sampling and beam search only")
+
+
+def _check_static(target, cfg, past) -> None:
+    """cache_implementation="static" runs in HF's own StaticCache (created as HF's generate creates
+    it) with greedy decoding or sampling, one sequence per prompt, uncompiled."""
+    from .config import hf_auto_compiles
+    if not target.hf_passthrough or not callable(getattr(target.hf, "_prepare_static_cache", None)):
+        raise _not_implemented("cache_implementation", "='static' runs on Hugging Face models (transformers 5.x) only")
+    if past is not None:
+        raise ValueError("Passing both `cache_implementation` (used to initialize certain caches) and a cache "
+                         "object (`past_key_values`) is unsupported; pass only one of the two")
+    if not _lockstep(cfg) or cfg.num_beams > 1 or cfg.num_return_sequences > 1:
+        raise _not_implemented("cache_implementation", "='static' runs with greedy decoding or sampling, one "
+                               "sequence per prompt")
+    if hf_auto_compiles(cfg, target.device):
+        raise _not_implemented("cache_implementation", "='static' is compiled by HF's generate here (compile_config, "
+                               "or an accelerator); the engine runs it uncompiled only")
+    if getattr(target.generation_config, "max_cache_len", None) is not None:
+        raise _not_implemented("cache_implementation", "='static' with max_cache_len is not implemented by the engine")
 
 
 def _past(extra: dict):
@@ -106,10 +127,11 @@ def bound(target, extra: dict, cfg, prompt):
     device = prompt.ids.device
     tt, pos = extra.get("token_type_ids"), extra.get("position_ids")
     embeds = extra.get("inputs_embeds")
+    no_cache = cfg.use_cache is False and _lockstep(cfg) and embeds is None  # HF caches inputs_embeds prompts
     call = CallInputs(None if tt is None else tt.to(device), None if pos is None else pos.to(device), recorder,
-                      # HF turns the cache on for inputs_embeds prompts
-                      no_cache=cfg.use_cache is False and _lockstep(cfg) and embeds is None,
-                      inputs_embeds=embeds, past=_past(extra))
+                      no_cache=no_cache, inputs_embeds=embeds, past=_past(extra))
+    if cfg.cache_implementation == "static" and not no_cache:
+        call.static_len = prompt.width + cfg.max_new_tokens - 1  # HF's max_length - 1: the last token is not cached
     target.call = call
     try:
         yield call

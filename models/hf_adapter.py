@@ -233,6 +233,10 @@ class HFModel:
         if self.call is not None:
             cache.recorder = self.call.recorder
             self.call.cache = cache
+            if self.call.static_len is not None:  # cache_implementation="static": HF's own, sized as HF sizes it
+                cache.hf = self.hf._prepare_static_cache(cache_implementation="static", batch_size=batch_size,
+                                                         max_cache_len=self.call.static_len,
+                                                         prefill_chunk_size=None, model_kwargs={})
         return cache
 
     def forward(self, input_ids: Tensor, cache: HFCache, *, positions: Tensor | None = None,
@@ -371,6 +375,7 @@ class CallInputs:
         self.inputs_embeds = inputs_embeds  # the prompt's embeddings: the prefill reads them, not its ids
         self.past = past  # the caller's DynamicCache holding the prompt's first tokens: continued in place
         self.cache = None  # the call's (first) cache, to return HF's object from it
+        self.static_len = None  # cache_implementation="static": the StaticCache's max_cache_len
         self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
 
     def forward_kwargs(self, cached: int, B: int, T: int) -> dict:

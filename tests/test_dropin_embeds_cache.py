@@ -88,3 +88,56 @@ def test_inputs_embeds_continue_from_callers_cache(family):
             decoding.hf.uninstall(model)
     assert decoding.hf.counts()["engine"] == 1, decoding.hf.counts()
     same_output(*results)
+
+
+def _cache_of(out):
+    return out.cache if "cache" in out.__dataclass_fields__ else out.past_key_values
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_static_cache(family):
+    from transformers import StaticCache
+    model = tiny(family)
+    ids, embeds, mask = left_padded(model)
+    mask[1, 2] = 0  # a hole too
+    for kw in (dict(input_ids=ids, do_sample=False), dict(input_ids=ids, do_sample=True, top_k=10),
+               dict(inputs_embeds=embeds, do_sample=False)):
+        ref, out = run_both(model, attention_mask=mask, max_new_tokens=5, cache_implementation="static",
+                            return_dict_in_generate=True, output_scores=True, output_logits=True, **kw)
+        assert isinstance(_cache_of(out), StaticCache)
+        assert _cache_of(out).layers[0].keys.shape[2] == ids.shape[1] + 5 - 1  # HF's size: max_length - 1
+        same_output(ref, out)  # the cache's keys and values included
+    ref, out = run_both(model, input_ids=ids, attention_mask=mask, max_new_tokens=5, cache_implementation="static")
+    assert torch.equal(ref, out)
+
+
+def test_static_cache_is_continued_by_hf():
+    # the returned StaticCache is an ordinary one: HF's generate continues from it (in place). HF sizes
+    # a static cache by the longest earlier static call on the model: room to continue
+    model = tiny("llama")
+    ids, _, mask = left_padded(model)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = dict(attention_mask=mask, cache_implementation="static", return_dict_in_generate=True)
+    run_both(model, input_ids=ids, max_new_tokens=8, **kw)
+    ref, out = run_both(model, input_ids=ids, max_new_tokens=3, **kw)
+    assert _cache_of(out).layers[0].keys.shape[2] == ids.shape[1] + 8 - 1
+    longer = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], 1)
+    seqs = []
+    for first in (ref, out):
+        with torch.no_grad():
+            seqs.append(model.generate(first.sequences, attention_mask=longer, max_new_tokens=2,
+                                       **{key: _cache_of(first)}))
+    assert torch.equal(seqs[0], seqs[1])
+
+
+def test_static_cache_with_beams_falls_back():
+    model = tiny("llama")
+    ids, _, mask = left_padded(model)
+    decoding.hf.install(model)
+    decoding.hf.reset_counts()
+    try:
+        with pytest.warns(UserWarning, match="cache_implementation"):
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, num_beams=2, cache_implementation="static")
+    finally:
+        decoding.hf.uninstall(model)
+    assert decoding.hf.counts()["fallbacks"] == {"cache_implementation": 1}
