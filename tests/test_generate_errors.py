@@ -38,7 +38,7 @@ def test_unknown_argument_is_a_type_error(hf, forwards, kw, name):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(suppress_tokens=[3]), dict(cache_implementation="static"),
+    dict(suppress_tokens=[3]), dict(cache_implementation="offloaded_static"),
     dict(typical_p=0.5), dict(stopping_criteria=[lambda ids, s: False]),
     dict(past_key_values=object()), dict(forced_eos_token_id=2),
 ])
