@@ -47,6 +47,20 @@ def sliding_window(config) -> int | None:
     return window
 
 
+def past_refusal(past, batch_size: int | None = None, width: int | None = None) -> str | None:
+    """Why the adapter cannot continue a caller's past cache (HFModel._continue), or None if it can:
+    HF's DynamicCache only; given the prompt (batch_size rows, width tokens), one row per prompt
+    holding fewer tokens than the prompt."""
+    if type(past).__name__ != "DynamicCache":
+        return f"as a {type(past).__name__} is not continued by the engine (a DynamicCache is)"
+    if batch_size is None or not past.layers:
+        return None
+    keys = past.layers[0].keys
+    if past.get_seq_length() >= width or keys is None or keys.shape[0] != batch_size:
+        return "must hold fewer tokens than input_ids, one row per prompt"
+    return None
+
+
 class HFCache:
     """Cache protocol over an HF cache. `valid` (B, slots) int64 marks real keys; `size` (host int)
     is HF's slot count; `lengths` int32 [B] counts real tokens per row."""
