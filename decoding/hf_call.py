@@ -85,7 +85,7 @@ def check_shapes(extra: dict, prompt) -> None:
     if past is not None:
         refusal = past_refusal(past, prompt.batch_size, prompt.width)
         if refusal is not None:
-            raise _not_implemented("past_key_values", refusal)
+            raise _not_implemented(_past_name(extra), refusal)
 
 
 @contextmanager
