@@ -126,8 +126,8 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     T = prompt.width
     limit = model.max_positions
     if prompt.max_len > (limit or prompt.max_len) and not model.runs_past_max_positions:
-        raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
-                         f"{limit} positions (max_position_embeddings); shorten the prompt")
+        raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's position "
+                         f"limit of {limit} (max_position_embeddings / max_seq_len); shorten the prompt")
     if cfg.max_new_tokens is not None:
         max_new = cfg.max_new_tokens
     elif cfg.max_length_set:
