@@ -154,7 +154,7 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
     scores_out = [] if cfg.output_scores else None
 
     logits = dec.prefill()
-    guard = Guard.of(cfg, B * N, device)
+    guard = Guard.of(cfg, B * N, device, per=N, what="beam")
     for step in range(L):
         bad = guard.check(logits, step) if guard is not None else None
         def ids(step=step):  # HF-style input_ids (B*N, T + step) for the caller's processors
