@@ -384,7 +384,8 @@ class CallInputs:
         self.no_cache = no_cache  # HF's use_cache=False: each forward reruns the whole sequence
         self.inputs_embeds = inputs_embeds  # the prompt's embeddings: the prefill reads them, not its ids
         self.past = past  # the caller's DynamicCache holding the prompt's first tokens: continued in place
-        self.cache = None  # the call's (first) cache, to return HF's object from it
+        # the cache new_cache() made last in this call (lockstep runs make one): HF's object comes from it
+        self.cache = None
         self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
 
     def forward_kwargs(self, cached: int, B: int, T: int) -> dict:
