@@ -67,6 +67,14 @@ def write_results(out_dir: Path, name: str, payload: dict, md: str) -> None:
     (out_dir / f"{name}.md").write_text(md + "\n")
 
 
+def config_125m(**overrides):
+    """The 125M random Llama of the CPU benchmarks: dim 768, 12 layers, GQA 12/4, ffn 2048, vocab
+    32000, untied."""
+    from models import DecoderConfig
+    return DecoderConfig(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2048,
+                         max_seq_len=2048, **overrides)
+
+
 def code_prompts(n: int, length: int) -> list[list[int]]:
     """The middle `length` tokens of the first n validation files that are long enough."""
     from models.training.corpus import encode_file, split_files

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import machine, markdown_table, write_results
+from bench.common import config_125m, machine, markdown_table, write_results
 from bench.peer import missing
 
 ROOT = Path(__file__).resolve().parent
@@ -116,8 +116,7 @@ def subject(name: str, prompt_len: int) -> Subject:
                        code_prompts(8, prompt_len), draft, "models/shipped/target (fp16 -> fp32), prompts from "
                        "validation source files; speculative draft models/shipped/draft")
     if name == "125m":
-        cfg = DecoderConfig(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2048,
-                            max_seq_len=2048, **common)
+        cfg = config_125m(**common)
         native = random_llama(cfg)
         return Subject("125M random", native, vocab.placeholder(cfg.vocab_size),
                        random_prompts(8, prompt_len, cfg.vocab_size), None,

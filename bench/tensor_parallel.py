@@ -29,19 +29,21 @@ from pathlib import Path
 
 import torch
 
+from bench.common import config_125m
+from models.artifacts import SHIPPED
+
 ROOT = Path(__file__).resolve().parent
-SHIPPED_TARGET = ROOT.parent / "models" / "shipped" / "target"
+SHIPPED_TARGET = SHIPPED / "target"
 COLUMNS = ["model", "params_m", "batch", "tp", "tok_s", "speedup", "step_ms", "comm_ms_per_step",
            "collectives_per_step", "allreduce_us", "weight_mb_per_rank", "weight_frac", "match"]
 
 
-def config_125m(smoke: bool):
+def bench_config(smoke: bool):
     from models import DecoderConfig
     if smoke:
         return DecoderConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
                              max_seq_len=256)
-    return DecoderConfig(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2048,
-                         max_seq_len=2048)
+    return config_125m()
 
 
 # -- one rank --------------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def run(smoke: bool, out_dir, runs, batches, new_tokens, prompt_len, models):
         todo = []
         if "125m" in models:
             torch.manual_seed(0)
-            checkpoint.save(LlamaDecoder(config_125m(smoke)), work / "random")
+            checkpoint.save(LlamaDecoder(bench_config(smoke)), work / "random")
             todo.append(("random 125M" if not smoke else "random tiny", work / "random"))
         if "target" in models:
             todo.append(("shipped target", SHIPPED_TARGET))

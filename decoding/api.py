@@ -133,8 +133,8 @@ def plan_lengths(cfg, prompt: Prompt, model) -> None:
     head = prompt.given.shape[1]  # HF's input_ids length: 0 for an inputs_embeds-only prompt
     limit = model.max_positions
     if prompt.max_len > (limit or prompt.max_len) and not model.runs_past_max_positions:
-        raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's "
-                         f"{limit} positions (max_position_embeddings); shorten the prompt")
+        raise ValueError(f"input_ids has a prompt of {prompt.max_len} tokens, longer than the model's position "
+                         f"limit of {limit} (max_position_embeddings / max_seq_len); shorten the prompt")
     if cfg.max_new_tokens is not None:
         max_new = cfg.max_new_tokens
     elif cfg.max_length_set:
@@ -182,6 +182,10 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs) -> Generation
             [[bos_token_id]] as HF does.
         attention_mask: (B, T) 0/1 for a padded tensor batch; left padding is the norm, right
             padding and holes run as HF runs them (with HF's warning).
+        HF models only, with greedy, sampling and beam search (beam sampling included):
+            token_type_ids, position_ids (B, T); inputs_embeds (B, T, dim) alongside input_ids;
+            past_key_values= / cache= (a DynamicCache of the prompt's first tokens, continued in
+            place; greedy or sampling, one sequence per prompt).
 
     Length and stopping:
         max_new_tokens [max_length=20 counting the prompt], min_new_tokens, max_length, min_length;
@@ -193,11 +197,13 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs) -> Generation
         sampling: do_sample=True with temperature [1.0], top_k [50; 0 = off], top_p [1.0], min_p,
             in HF's processing order; seed= (an int) or generator= (a torch.Generator) reproduces
             a sample.
-        any mode: repetition_penalty [1.0], logits_processor= (HF LogitsProcessors or callables
-            (input_ids, scores) -> scores).
+        any mode: repetition_penalty [1.0], no_repeat_ngram_size, bad_words_ids, sequence_bias,
+            remove_invalid_values [False; greedy, sampling and beam search then raise
+            decoding.finite.NonFiniteLogitsError on NaN / inf logits],
+            logits_processor= (HF LogitsProcessors or callables (input_ids, scores) -> scores).
         beam search: num_beams > 1, length_penalty [1.0], early_stopping [False; True or "never"],
-            num_return_sequences [1]; diverse beam search: num_beam_groups > 1 with
-            diversity_penalty > 0.
+            num_return_sequences [1]; beam sampling: do_sample=True with num_beams > 1; diverse
+            beam search: num_beam_groups > 1 with diversity_penalty > 0.
         speculative decoding: assistant_model= (a draft sharing the tokenizer) with
             num_assistant_tokens [20] (draft tokens per target forward),
             num_assistant_tokens_schedule ["constant"; "heuristic" adapts it],
@@ -214,8 +220,12 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs) -> Generation
                 acceptance ["exact": token-identical to greedy; "topk": lossy, acceptance_top_k [2]].
 
     Output and streaming:
-        output_scores (per-step processed scores, HF layout); return_dict_in_generate and use_cache
-        are accepted (the engine always returns a GenerationOutput and always caches).
+        output_scores (per-step processed scores, HF layout). The engine always returns a
+        GenerationOutput; return_dict_in_generate=True also fills beam_indices (beam search and
+        beam sampling) and, for HF models, output_logits / output_hidden_states /
+        output_attentions. HF models with greedy, sampling and beam search return HF's cache
+        object, and use_cache=False reruns the whole sequence each step as HF does (elsewhere
+        the engine always caches).
         streamer=: HF's put/end protocol (transformers.TextStreamer, TextIteratorStreamer); steps
         that accept several tokens push them together. Beam search also calls
         streamer.put_hypotheses(row, token_ids, first_changed) when the streamer has it
@@ -224,6 +234,7 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs) -> Generation
     Returns a GenerationOutput:
         sequences: (B * num_return_sequences, T + new) ids, prompt included, HF's layout;
         scores: per-step (B * n, V) scores when output_scores=True; sequences_scores: beam modes;
+        beam_indices, logits, hidden_states, attentions, cache: as above (else None);
         stats: new_tokens, prefill_tokens, target_forwards, draft_forwards, tau (tokens emitted
             per target forward a row took part in: 1.0 for greedy, the speedup's upper bound for
             speculative / parallel modes), accept_rate_by_position, wall_s and tokens_per_s (the

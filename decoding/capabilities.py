@@ -48,7 +48,7 @@ def check_positions(model, longest_prompt: int, max_new: int, name: str = "the m
                       "performance degradation, or nothing at all.", UserWarning, stacklevel=4)  # HF's words
     elif limit and longest_prompt + max_new > limit:
         raise ValueError(f"the prompt ({longest_prompt} tokens) + max_new_tokens ({max_new}) exceeds {name}'s "
-                         f"{limit} positions (max_position_embeddings); lower max_new_tokens")
+                         f"position limit of {limit} (max_position_embeddings / max_seq_len); lower max_new_tokens")
 
 
 def cache_size(model, width: int, max_new: int, most: int) -> tuple[int, bool]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from models.artifacts import SHIPPED
 
 from .cli_common import (EXIT_USAGE, CLIError, add_prompt_args, check_heads, check_tokenizer_path, default_path,
-                         encode_prompts, load_model, load_tokenizer, model_type, read_prompts, use_threads)
+                         encode_prompts, load_model, load_tokenizer, model_type, pick_device, read_prompts,
+                         use_threads)
 
 # -- generate ------------------------------------------------------------------------------------
 
@@ -47,14 +48,6 @@ def stats_line(stats) -> str:
     if stats.draft_forwards:
         line += f" | {stats.draft_forwards} draft forwards"
     return line + "]"
-
-
-def pick_device(name: str):
-    import torch
-    try:
-        return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:
-        raise CLIError(f"--device {name}: {e}", EXIT_USAGE) from None
 
 
 def pick_dtype(name: str, device):

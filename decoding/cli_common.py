@@ -24,6 +24,23 @@ class CLIError(Exception):
         self.code = code
 
 
+def pick_device(name: str):
+    """--device as a torch.device ("auto": cuda when there is one), or a CLIError before anything loads."""
+    import torch
+    try:
+        device = torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise CLIError(f"--device {name}: {e}", EXIT_USAGE) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise CLIError(f"--device {name}: no CUDA device here; use --device cpu (or auto)", EXIT_USAGE)
+        if device.index is not None and device.index >= count:
+            raise CLIError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}",
+                           EXIT_USAGE)
+    return device
+
+
 def default_path(name: str) -> Path:
     """A shipped artifact (models/shipped/<name>), or a CLIError saying it is missing."""
     try:

@@ -10,16 +10,13 @@ from pathlib import Path
 
 def join(device_arg: str):
     """The rank's device, after joining the torchrun world; stdout silenced on ranks > 0."""
-    import torch
-    from .cli_common import EXIT_USAGE, CLIError
+    from .cli_common import EXIT_USAGE, CLIError, pick_device
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise CLIError("--tensor-parallel runs under torchrun: torchrun --nproc-per-node N -m decoding generate "
                        "--tensor-parallel ...", EXIT_USAGE)
-    cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
     if device_arg not in ("auto", "cpu") and not device_arg.startswith("cuda"):
         raise CLIError(f"--device {device_arg}: --tensor-parallel runs on cpu or cuda", EXIT_USAGE)
-    if cuda and not torch.cuda.is_available():
-        raise CLIError(f"--device {device_arg}: no CUDA device here; use --device cpu (gloo)", EXIT_USAGE)
+    cuda = pick_device(device_arg).type == "cuda"
     from models.parallel import init_distributed
     device = init_distributed("nccl" if cuda else "gloo")
     if int(os.environ["RANK"]) != 0:

@@ -3,8 +3,9 @@ generation config > HF's global defaults. "Passed" means present in generate()'s
 keyword passed as None counts (eos_token_id=None turns stopping off); a None field of a config
 object counts as unset, as in HF.
 
-Which HF arguments run, which only warn, which are not implemented yet, and which are unknown, is
-decided by the tables below; later strategies shrink NOT_IMPLEMENTED.
+Which HF arguments run, which are ignored, which only warn, which the engine does not run
+(NotImplementedError, on which decoding.hf falls back to HF's generate) and which are unknown, is
+decided by the tables below.
 """
 from __future__ import annotations
 
@@ -87,10 +88,6 @@ HF_DEFAULTS = dict(
     assistant_confidence_threshold=0.4,
 )
 
-# Modes and HF arguments that do not run yet, with the values that leave them off. Drop an entry
-# when its issue lands (beam search: num_beams...; speculative: assistant_model...).
-NOT_IMPLEMENTED: dict = {}
-
 # HF arguments outside the engine's scope: accepted while off, NotImplementedError when on.
 HF_OTHER = {
     "encoder_no_repeat_ngram_size": (None, 0),
@@ -165,16 +162,16 @@ def model_defaults(model, name: str = "model") -> dict:
 
 def check_names(kwargs: dict, source: str = "generate()", strict: bool = True, unknown_only: bool = False) -> None:
     """TypeError for a name no one knows (strict: keyword arguments; config objects may carry extra
-    entries); then, unless unknown_only, NotImplementedError for an HF argument or engine mode that is
-    switched on but does not run here yet."""
+    entries); then, unless unknown_only, NotImplementedError for an HF argument the engine does not
+    run (HF_OTHER, or one newer than these tables) that is switched on."""
     hf_known = None
     for name, value in kwargs.items():
-        if name in FIELDS and name not in NOT_IMPLEMENTED or name in IGNORED:
+        if name in FIELDS or name in IGNORED:
             continue
-        if not strict and name not in NOT_IMPLEMENTED and name not in HF_OTHER:
+        if not strict and name not in HF_OTHER:
             continue  # config objects carry metadata (transformers_version, ...) and newer fields
-        if name in NOT_IMPLEMENTED or name in HF_OTHER:
-            if not unknown_only and not _is_off(value, NOT_IMPLEMENTED.get(name) or HF_OTHER[name]):
+        if name in HF_OTHER:
+            if not unknown_only and not _is_off(value, HF_OTHER[name]):
                 raise NotImplementedError(
                     f"{source}: `{name}={_short(value)}` is not implemented by the engine yet; call the model's "
                     f"own generate() for it (decoding.hf.install falls back to it automatically)")
@@ -231,12 +228,11 @@ def resolve(model, kwargs: dict) -> tuple[GenerationConfig, set[str]]:
     validate(cfg)
     warn_idle(cfg, explicit)
     compile_config = kwargs.get("compile_config", from_obj.get("compile_config"))
-    # HF's auto-compile settings (a static cache compiles where these allow: decoding/hf_call.py)
-    model_gc = getattr(model, "generation_config", None)
-    cfg.compile_config = compile_config if compile_config is not None else getattr(model_gc, "compile_config", None)
-    cfg.disable_compile = bool(kwargs.get("disable_compile", from_obj.get(
-        "disable_compile", getattr(model_gc, "disable_compile", False))))
-    if compile_config is not None and not hf_auto_compiles(cfg, getattr(model, "device", None)):
+    # HF's auto-compile settings (a static cache compiles where these allow: decoding/hf_call.py), and
+    # the static cache's size floor
+    for name in ("compile_config", "disable_compile", "max_cache_len"):
+        setattr(cfg, name, kwargs.get(name, from_obj.get(name, from_model.get(name))))
+    if compile_config is not None and not hf_auto_compiles(cfg, model.device):
         warnings.warn("You have set `compile_config`, but we are unable to meet the criteria for compilation. "
                       "Compilation will be skipped.", UserWarning, stacklevel=3)
     return cfg, explicit
@@ -390,7 +386,6 @@ def validate_word_lists(cfg: GenerationConfig) -> None:
                          f"{{tuple of token ids: float}}), but is {_short(bias)}")
 
 
-BEAM_SAMPLING = True  # strategies/beam_sample.py
 # cache_implementation values the engine runs: its own cache is dynamic; "static" runs on Hugging Face
 # models only, in HF's StaticCache (decoding/hf_call.py checks the rest)
 CACHES = (None, "dynamic", "static")
@@ -400,9 +395,6 @@ def check_supported(cfg: GenerationConfig) -> None:
     """NotImplementedError naming the argument for HF settings the engine does not run yet."""
     if cfg.num_beams > 1 and cfg.do_sample is True and cfg.num_beam_groups > 1:
         return  # an invalid combination: validate_beams raises the ValueError
-    if cfg.num_beams > 1 and cfg.do_sample is True and not BEAM_SAMPLING:
-        raise NotImplementedError("`do_sample=True` with `num_beams > 1` (beam sampling) is not implemented by the "
-                                  "engine yet; call the model's own generate() for it")
     if cfg.num_beams > 1 and cfg.stop_strings is not None:
         raise NotImplementedError("`stop_strings` with beam search is not implemented by the engine yet; call "
                                   "the model's own generate() for it")

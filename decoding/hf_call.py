@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from models.hf_adapter import past_refusal
+
 # model inputs HF's generate forwards to the model; popped before the generation config is resolved
 MODEL_INPUTS = ("token_type_ids", "position_ids", "logits_to_keep", "inputs_embeds", "past_key_values", "cache",
                 "cache_position")
@@ -33,11 +35,13 @@ def check(target, extra: dict, cfg) -> None:
     hf = target.hf_passthrough
     if extra.get("cache_position") is not None:
         raise _not_implemented("cache_position", "is not implemented by the engine")
-    past = _past(extra)
+    past, name = _past(extra), _past_name(extra)
     if past is not None:
-        name = "cache" if extra.get("cache") is not None else "past_key_values"
-        if not hf or type(past).__name__ != "DynamicCache":
-            raise _not_implemented(name, f"as a {type(past).__name__} is not continued by the engine (a DynamicCache is)")
+        if not hf:
+            raise _not_implemented(name, "is continued on Hugging Face models only")
+        refusal = past_refusal(past)
+        if refusal is not None:
+            raise _not_implemented(name, refusal)
         if not _lockstep(cfg) or cfg.num_beams > 1 or cfg.num_return_sequences > 1 or cfg.use_cache is False:
             raise _not_implemented(name, "is continued with greedy decoding or sampling (one sequence per prompt)")
     if cfg.cache_implementation == "static":
@@ -66,7 +70,7 @@ def _check_static(target, cfg, past) -> None:
     """cache_implementation="static" runs in HF's own StaticCache (created as HF's generate creates
     it) with greedy decoding or sampling, one sequence per prompt, uncompiled."""
     from .config import hf_auto_compiles
-    if not target.hf_passthrough or not callable(getattr(target.hf, "_prepare_static_cache", None)):
+    if not target.hf_passthrough or not target.runs_static_cache:
         raise _not_implemented("cache_implementation", "='static' runs on Hugging Face models (transformers 5.x) only")
     if past is not None:
         raise ValueError("Passing both `cache_implementation` (used to initialize certain caches) and a cache "
@@ -77,12 +81,17 @@ def _check_static(target, cfg, past) -> None:
     if hf_auto_compiles(cfg, target.device):
         raise _not_implemented("cache_implementation", "='static' is compiled by HF's generate here (compile_config, "
                                "or an accelerator); the engine runs it uncompiled only")
-    if getattr(target.generation_config, "max_cache_len", None) is not None:
+    if cfg.max_cache_len is not None:
         raise _not_implemented("cache_implementation", "='static' with max_cache_len is not implemented by the engine")
 
 
+def _past_name(extra: dict) -> str:
+    """The name the caller passed its past cache under (`cache=` in transformers 5.2x)."""
+    return "cache" if extra.get("cache") is not None else "past_key_values"
+
+
 def _past(extra: dict):
-    return extra.get("cache") if extra.get("cache") is not None else extra.get("past_key_values")
+    return extra.get(_past_name(extra))
 
 
 def embeds_placeholder(embeds, cfg) -> Tensor:
@@ -107,10 +116,9 @@ def check_shapes(extra: dict, prompt) -> None:
         raise _not_implemented("inputs_embeds", "is taken alongside input_ids of the same [batch, length] only")
     past = _past(extra)
     if past is not None:
-        cached = past.get_seq_length()
-        if past.layers and (cached >= prompt.width or past.layers[0].keys is None
-                            or past.layers[0].keys.shape[0] != prompt.batch_size):
-            raise _not_implemented("past_key_values", "must hold fewer tokens than input_ids, one row per prompt")
+        refusal = past_refusal(past, prompt.batch_size, prompt.width)
+        if refusal is not None:
+            raise _not_implemented(_past_name(extra), refusal)
 
 
 @contextmanager

@@ -39,15 +39,17 @@ class SequenceBias:
         self.needs_ids = bool(self.multi)
 
     def __call__(self, scores: Tensor, ctx) -> Tensor:
-        bias = torch.zeros_like(scores) + self.single  # HF adds a bias tensor: -inf + x stays -inf
-        if self.multi:
-            ids = ctx.ids()
-            for prefixes, last, values in self.multi:
-                n = prefixes.shape[1]
-                if n > ids.shape[1]:
-                    continue
-                hit = (ids[:, None, -n:] == prefixes).all(-1)  # (N, S)
-                bias.index_add_(1, last, torch.where(hit, values, 0.0).to(bias.dtype))
+        # HF adds a bias tensor (-inf + x stays -inf); single-token biases alone broadcast, no (N, V) copy
+        if not self.multi:
+            return scores + self.single
+        bias = torch.zeros_like(scores) + self.single
+        ids = ctx.ids()
+        for prefixes, last, values in self.multi:
+            n = prefixes.shape[1]
+            if n > ids.shape[1]:
+                continue
+            hit = (ids[:, None, -n:] == prefixes).all(-1)  # (N, S)
+            bias.index_add_(1, last, torch.where(hit, values, 0.0).to(bias.dtype))
         return scores + bias
 
 

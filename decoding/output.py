@@ -28,6 +28,8 @@ class GenerationOutput:
     logits: tuple[Tensor, ...] | None = None  # per step (B * n, V) raw logits
     hidden_states: tuple | None = None  # per step, per layer
     attentions: tuple | None = None
-    beam_indices: Tensor | None = None  # beam modes: (B * n, new) flat beam row behind each token, -1 after
+    # beam search and beam sampling with return_dict_in_generate: (B * n, new) flat beam row behind
+    # each token, -1 after
+    beam_indices: Tensor | None = None
     cache: object = None  # HF's cache object (HF models, use_cache)
     stats: GenerationStats = field(default_factory=GenerationStats)

@@ -56,6 +56,29 @@ def min_p(scores: Tensor, p: float, min_keep: int = 1) -> Tensor:
     return scores.masked_fill(drop, NEG_INF)
 
 
+class Warpers:
+    """HF's sampling warpers that a config turns on, temperature -> top-k -> top-p -> min-p, each
+    keeping at least `min_keep` tokens (beam sampling keeps n_eos + 1, so a beam can always go on)."""
+
+    def __init__(self, cfg, min_keep: int = 1):
+        self.temperature = cfg.temperature if cfg.temperature is not None and cfg.temperature != 1.0 else None
+        self.top_k = max(cfg.top_k, min_keep) if cfg.top_k else None
+        self.top_p = cfg.top_p if cfg.top_p is not None and cfg.top_p < 1.0 else None
+        self.min_p, self.min_keep = cfg.min_p, min_keep
+        self.active = any(v is not None for v in (self.temperature, self.top_k, self.top_p, self.min_p))
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        if self.temperature is not None:
+            scores = temperature(scores, self.temperature)
+        if self.top_k is not None:
+            scores = top_k(scores, self.top_k)
+        if self.top_p is not None:
+            scores = top_p(scores, self.top_p, min_keep=self.min_keep)
+        if self.min_p is not None:
+            scores = min_p(scores, self.min_p, min_keep=self.min_keep)
+        return scores
+
+
 @dataclass
 class Context:
     """What the processors may read about the position being scored.
@@ -83,19 +106,12 @@ class Pipeline:
         from .hf_processors import Rules
         self.rules = Rules(cfg, vocab_size, device)  # sequence_bias, no_repeat_ngram_size, bad_words_ids, ...
         self.user = list(cfg.logits_processor or [])
-        self.warpers: list[tuple[Callable[[Tensor, float], Tensor], float]] = []  # (warper, its setting)
-        if cfg.do_sample:
-            if cfg.temperature is not None and cfg.temperature != 1.0:
-                self.warpers.append((temperature, cfg.temperature))
-            if cfg.top_k:
-                self.warpers.append((top_k, cfg.top_k))
-            if cfg.top_p is not None and cfg.top_p < 1.0:
-                self.warpers.append((top_p, cfg.top_p))
-            if cfg.min_p is not None:
-                self.warpers.append((min_p, cfg.min_p))
+        warp = Warpers(cfg) if cfg.do_sample else None
+        self.warp = warp if warp is not None and warp.active else None
         self.needs_seen = self.penalty is not None
         self.needs_ids = bool(self.user) or self.rules.needs_ids
-        self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warpers or self.rules.active)
+        self.active = bool(self.penalty or self.eos_mask is not None or self.user or self.warp is not None
+                           or self.rules.active)
 
     def __call__(self, scores: Tensor, ctx: Context) -> Tensor:
         """scores (N, V) float32 -> processed scores (N, V)."""
@@ -116,6 +132,6 @@ class Pipeline:
             ids = ctx.ids()
             for fn in self.user:
                 scores = fn(ids, scores)
-        for warp, value in self.warpers:
-            scores = warp(scores, value)
+        if self.warp is not None:
+            scores = self.warp(scores)
         return scores

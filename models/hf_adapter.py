@@ -47,6 +47,20 @@ def sliding_window(config) -> int | None:
     return window
 
 
+def past_refusal(past, batch_size: int | None = None, width: int | None = None) -> str | None:
+    """Why the adapter cannot continue a caller's past cache (HFModel._continue), or None if it can:
+    HF's DynamicCache only; given the prompt (batch_size rows, width tokens), one row per prompt
+    holding fewer tokens than the prompt."""
+    if type(past).__name__ != "DynamicCache":
+        return f"as a {type(past).__name__} is not continued by the engine (a DynamicCache is)"
+    if batch_size is None or not past.layers:
+        return None
+    keys = past.layers[0].keys
+    if past.get_seq_length() >= width or keys is None or keys.shape[0] != batch_size:
+        return "must hold fewer tokens than input_ids, one row per prompt"
+    return None
+
+
 class HFCache:
     """Cache protocol over an HF cache. `valid` (B, slots) int64 marks real keys; `size` (host int)
     is HF's slot count; `lengths` int32 [B] counts real tokens per row."""
@@ -217,6 +231,11 @@ class HFModel:
         return self.hf.dtype
 
     @property
+    def runs_static_cache(self) -> bool:
+        """cache_implementation="static": this transformers makes HF's StaticCache as its generate does."""
+        return callable(getattr(self.hf, "_prepare_static_cache", None))
+
+    @property
     def generation_config(self):
         return getattr(self.hf, "generation_config", None)
 
@@ -374,7 +393,8 @@ class CallInputs:
         self.no_cache = no_cache  # HF's use_cache=False: each forward reruns the whole sequence
         self.inputs_embeds = inputs_embeds  # the prompt's embeddings: the prefill reads them, not its ids
         self.past = past  # the caller's DynamicCache holding the prompt's first tokens: continued in place
-        self.cache = None  # the call's (first) cache, to return HF's object from it
+        # the cache new_cache() made last in this call (lockstep runs make one): HF's object comes from it
+        self.cache = None
         self.static_len = None  # cache_implementation="static": the StaticCache's max_cache_len
         self.last_type = None if token_type_ids is None else token_type_ids[:, -1]
 

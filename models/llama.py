@@ -15,7 +15,6 @@ from .compiled import llama_static_logits
 from .config import DecoderConfig
 from .layout import k_major_
 from .native import NativeDecoder
-from .protocol import special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 
 
@@ -122,12 +121,7 @@ class LlamaDecoder(NativeDecoder):
     """Decoder-only transformer. `forward` follows the model protocol; `forward_train` is cache-free."""
     cache_type = StaticCache
     cuda_graphs = True
-    # capabilities (models/protocol.py): the static cache rolls any row back any distance
-    max_rollback = None
-    rollback_window = None
-    returns_hidden = True
-    runs_past_max_positions = False  # the rope table and the cache end at max_seq_len
-    hf_passthrough = False
+    max_rollback = None  # capability (models/protocol.py): the static cache rolls any row back any distance
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -143,22 +137,9 @@ class LlamaDecoder(NativeDecoder):
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
-    @property
-    def embed_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_seq_len
-
-    @property
-    def generation_defaults(self) -> dict:
-        return special_tokens(self.config)
-
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
+        self.check_cache_len(max_len)
         c = self.config
-        if max_len > c.max_seq_len:
-            raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
         return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
                            dtype=dtype or self.dtype, device=device or self.device)
 

@@ -1,5 +1,5 @@
-"""What the native decoders (LlamaDecoder, YOCODecoder) share: device and dtype, the input checks
-of the model protocol, and the choice of how a decode/verify step runs.
+"""What the native decoders (LlamaDecoder, YOCODecoder) share: the capabilities of the model
+protocol they have alike, the input checks, and the choice of how a decode/verify step runs.
 
 A step of T <= `step_max_tokens` new tokens per row, none of them padding, is the fixed-shape step
 of models/compiled.py: replayed as a CUDA graph on GPU, and on CPU run by the compiled step of
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .protocol import check_input_ids
+from .protocol import check_input_ids, special_tokens
 
 
 class NativeDecoder(nn.Module):
@@ -23,6 +23,11 @@ class NativeDecoder(nn.Module):
     writes the new K/V, leaves the lengths to the caller) and `hidden_train`."""
     cache_type: type  # the cache class new_cache() returns
     cuda_graphs = False  # fixed-shape steps replay CUDA graphs on GPU
+    # capabilities (models/protocol.py) both have; max_rollback is each one's own
+    rollback_window = None
+    returns_hidden = True
+    runs_past_max_positions = False  # the rope table and the cache end at max_seq_len
+    hf_passthrough = False
 
     def __init__(self):
         super().__init__()
@@ -39,6 +44,23 @@ class NativeDecoder(nn.Module):
     @property
     def dtype(self):
         return self.embed.weight.dtype
+
+    @property
+    def embed_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def generation_defaults(self) -> dict:
+        return special_tokens(self.config)
+
+    def check_cache_len(self, max_len: int) -> None:
+        """new_cache's bound: no row may outgrow the positions the model has."""
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {self.config.max_seq_len}")
 
     @property
     def cuda_graph_max_tokens(self) -> int:  # the name the GPU benchmarks use

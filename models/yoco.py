@@ -26,7 +26,6 @@ from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .layout import k_major_
 from .native import NativeDecoder
-from .protocol import special_tokens
 from .rope import apply_rope, inv_freq, rope_cos_sin
 from .yoco_cache import YOCOCache
 
@@ -166,10 +165,6 @@ class CrossBlock(nn.Module):
 class YOCODecoder(NativeDecoder):
     """Decoder-decoder. `forward` follows the model protocol; `forward_train` is cache-free."""
     cache_type = YOCOCache
-    rollback_window = None  # capabilities (models/protocol.py); max_rollback is the rings' slack
-    returns_hidden = True
-    runs_past_max_positions = False
-    hf_passthrough = False
 
     def __init__(self, cfg: YOCOConfig):
         super().__init__()
@@ -191,25 +186,12 @@ class YOCODecoder(NativeDecoder):
         self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
     @property
-    def embed_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_seq_len
-
-    @property
-    def max_rollback(self) -> int:
+    def max_rollback(self) -> int:  # capability (models/protocol.py): the rings' slack
         return self.config.max_rollback
 
-    @property
-    def generation_defaults(self) -> dict:
-        return special_tokens(self.config)
-
     def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> YOCOCache:
+        self.check_cache_len(max_len)
         c = self.config
-        if max_len > c.max_seq_len:
-            raise ValueError(f"max_len {max_len} exceeds the model's max_seq_len {c.max_seq_len}")
         return YOCOCache(c.n_layers // 2, batch_size, self.cache_heads, max_len, c.head_dim, window=c.window,
                          max_rollback=c.max_rollback, dtype=dtype or self.dtype, device=device or self.device)
 

@@ -168,6 +168,14 @@ def test_invalid_value_exits_2(tiny_dir, capsys):
     assert "max_new_tokens" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_device_without_cuda_exits_2_naming_device(tiny_dir, capsys, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    rc = cli.main(["generate", "--model", str(tiny_dir), "--prompt", "x", "--device", device])
+    assert rc == cli.EXIT_USAGE and f"--device {device}: no CUDA device here" in capsys.readouterr().err
+
+
 def test_help_explains_every_option():
     ap = cli.parser()
     sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))

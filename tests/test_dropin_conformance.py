@@ -200,13 +200,25 @@ def test_nan_logits_raise_unless_removed():
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     decoding.hf.install(model)
     try:
-        for kw in (dict(do_sample=False), dict(do_sample=True), dict(num_beams=2)):
-            with pytest.raises(NonFiniteLogitsError, match=r"step 0 \(row 0\)"):
+        for kw, where in ((dict(do_sample=False), "prompt 0"), (dict(do_sample=True), "prompt 0"),
+                          (dict(num_beams=2), "prompt 0, beam 0")):
+            with pytest.raises(NonFiniteLogitsError, match=rf"step 0 \({where}\)"):
                 model.generate(ids, max_new_tokens=3, **kw)
     finally:
         decoding.hf.uninstall(model)
     ref, out = run_both(model, input_ids=ids, max_new_tokens=3, do_sample=True, remove_invalid_values=True)
     same_output(ref, out)
+
+
+def test_nan_logits_name_the_prompt_and_its_sequence_or_beam():
+    model = tiny("llama")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[9] = float("nan")  # only the second prompt holds token 9
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    for kw, where in ((dict(do_sample=True, num_return_sequences=2), "prompt 1, sequence 0"),
+                      (dict(num_beams=3), "prompt 1, beam 0")):
+        with pytest.raises(NonFiniteLogitsError, match=rf"step 0 \({where}\)"):
+            decoding.generate(model, ids, max_new_tokens=3, **kw)
 
 
 def test_inputs_keyword_in_engine_generate():

@@ -33,6 +33,12 @@ def test_sequence_bias_and_bad_words_equal_hf():
         rules = Rules(GenerationConfig(bad_words_ids=bad, eos_token_id=[2]), V, "cpu")  # a lone eos is never banned
         ours = Rules.apply(rules.middle, scores, ctx)
         assert torch.equal(ours, NoBadWordsLogitsProcessor(bad, eos_token_id=2)(ids, scores.clone()))
+        singles = [[[3], -2.5], [[7], 1.0]]  # one-token sequences only: the bias broadcasts
+        ours = SequenceBias(_bias_table(singles), V, "cpu", "sequence_bias")(scores, ctx)
+        torch.testing.assert_close(ours, SequenceBiasLogitsProcessor(singles)(ids, scores.clone()))
+        rules = Rules(GenerationConfig(bad_words_ids=[[3], [7]]), V, "cpu")
+        ours = Rules.apply(rules.middle, scores, ctx)
+        assert torch.equal(ours, NoBadWordsLogitsProcessor([[3], [7]])(ids, scores.clone()))
 
 
 def test_remove_invalid_equals_hf():

@@ -46,6 +46,16 @@ def test_hf_or_engine_argument_not_implemented_yet(hf, forwards, kw):
     raises(NotImplementedError, f"`{next(iter(kw))}", hf, forwards, **kw)
 
 
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_callers_cache_longer_than_the_prompt_names_the_argument_passed(hf, forwards, name):
+    past = transformers.DynamicCache(config=hf.config)
+    key = "cache" if "cache" in hf.forward.__code__.co_varnames else "past_key_values"
+    with torch.no_grad():
+        hf(input_ids=torch.cat([IDS, IDS], 1), use_cache=True, **{key: past})  # 8 tokens > the prompt's 4
+    forwards.clear()
+    raises(NotImplementedError, f"`{name}` must hold fewer tokens", hf, forwards, **{name: past})
+
+
 def test_unimplemented_setting_in_a_generation_config(hf, forwards):
     raises(NotImplementedError, "forced_bos_token_id", hf, forwards,
            generation_config=transformers.GenerationConfig(forced_bos_token_id=3))
@@ -139,7 +149,7 @@ def test_native_model_errors():
     native = from_hf(tiny("llama"))
     with pytest.raises(ValueError, match="vocabulary"):
         decoding.generate(native, torch.tensor([[5, 96]]), max_new_tokens=2)
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(ValueError, match="max_new_tokens.*position limit of 256 .*max_seq_len"):
         decoding.generate(native, IDS, max_new_tokens=253)
 
 

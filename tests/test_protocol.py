@@ -124,6 +124,24 @@ def test_generation_defaults_name_the_special_tokens(pair):
     assert m.generation_defaults["eos_token_id"] == eos
 
 
+def test_hf_passthrough_is_whether_hf_inputs_reach_the_forward(pair):
+    """token_type_ids reach the HF model's own forward where hf_passthrough says so; elsewhere the
+    engine refuses them, naming the argument."""
+    name, raw, m = pair
+    ids, types = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[0, 1, 0, 1]])
+    if not m.hf_passthrough:
+        with pytest.raises(NotImplementedError, match="`token_type_ids`"):
+            decoding.generate(raw, ids, token_type_ids=types, max_new_tokens=2)
+        return
+    seen = []
+    hook = raw.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw.get("token_type_ids")), with_kwargs=True)
+    try:
+        decoding.generate(raw, ids, token_type_ids=types, max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0], types)
+
+
 @pytest.mark.parametrize("name", ["llama", "yoco", "hf_llama"])
 def test_one_overflow_error_for_every_cache(name):
     m = as_decoder(MODELS[name]())

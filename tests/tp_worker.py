@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHIPPED = ROOT / "models" / "shipped"
+from models.artifacts import SHIPPED  # noqa: E402  (the repository on sys.path first)
 F32 = torch.float32
 
 # two prompts, the second shorter (left-padded); ids below every test model's vocabulary

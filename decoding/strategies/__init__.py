@@ -24,5 +24,4 @@ def select(cfg):
     if cfg.num_beams > 1:  # diverse beam search is beam search with groups
         from . import beam, diverse_beam
         return diverse_beam.run if cfg.num_beam_groups > 1 else beam.run
-    # beam search, speculative and parallel decoding slot in here as their issues land
     return greedy.run

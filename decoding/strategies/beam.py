@@ -98,18 +98,22 @@ class Finished:
     scores: Tensor  # (B, N) length-penalised; -1e9 in empty slots
     lengths: Tensor  # (B, N) generated tokens, eos included
     done: Tensor  # (B, N) bool: the slot holds a hypothesis
-    beams: Tensor  # (B, N, L) int32 HF's beam_indices: the flat beam row behind each token, -1 after
+    # (B, N, L) int32 HF's beam_indices: the flat beam row behind each token, -1 after; None unless
+    # return_dict_in_generate asked for it (HF's output is the only reader)
+    beams: Tensor | None
 
-    def merge(self, cand: Tensor, cand_scores: Tensor, n_gen: int, just: Tensor, cand_beams: Tensor) -> "Finished":
+    def merge(self, cand: Tensor, cand_scores: Tensor, n_gen: int, just: Tensor,
+              cand_beams: Tensor | None) -> "Finished":
         """Keep the N best of the current ones and the candidates (B, K, L), whose scores
         (B, K) carry -1e9 unless they just finished (just (B, K))."""
         B, N, L = self.tokens.shape
         best = torch.topk(torch.cat([self.scores, cand_scores], 1), k=N)[1]  # (B, N)
-        return Finished(torch.cat([self.tokens, cand], 1).gather(1, best[:, :, None].expand(B, N, L)),
+        best_l = best[:, :, None].expand(B, N, L)
+        return Finished(torch.cat([self.tokens, cand], 1).gather(1, best_l),
                         torch.cat([self.scores, cand_scores], 1).gather(1, best),
                         torch.cat([self.lengths, self.lengths.new_full(just.shape, n_gen)], 1).gather(1, best),
                         torch.cat([self.done, just], 1).gather(1, best),
-                        torch.cat([self.beams, cand_beams], 1).gather(1, best[:, :, None].expand(B, N, L)))
+                        None if self.beams is None else torch.cat([self.beams, cand_beams], 1).gather(1, best_l))
 
 
 def _still_open(open_: Tensor, run_scores: Tensor, fin: Finished, n_gen: int, max_new: int, cfg) -> Tensor:
@@ -138,10 +142,11 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
     run_tokens = torch.full((B, N, L), fill, dtype=torch.long, device=device)  # generated tokens only
     run_scores = torch.zeros(B, N, device=device)
     run_scores[:, 1:] = NEG  # the N beams start identical: only beam 0 may expand at first
-    run_beams = torch.full((B, N, L), -1, dtype=torch.int32, device=device)
+    run_beams = torch.full((B, N, L), -1, dtype=torch.int32, device=device) if cfg.return_dict_in_generate else None
     fin = Finished(run_tokens.clone(), torch.full((B, N), NEG, device=device),
                    torch.zeros(B, N, dtype=torch.long, device=device),
-                   torch.zeros(B, N, dtype=torch.bool, device=device), run_beams.clone())
+                   torch.zeros(B, N, dtype=torch.bool, device=device),
+                   None if run_beams is None else run_beams.clone())
     open_ = torch.ones(B, 1, dtype=torch.bool, device=device)
     top_n = torch.arange(K, device=device) < N  # only the top N candidates may finish
     row_base = torch.arange(B, device=device)[:, None] * N
@@ -149,7 +154,7 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
     scores_out = [] if cfg.output_scores else None
 
     logits = dec.prefill()
-    guard = Guard.of(cfg, B * N, device)
+    guard = Guard.of(cfg, B * N, device, per=N, what="beam")
     for step in range(L):
         bad = guard.check(logits, step) if guard is not None else None
         def ids(step=step):  # HF-style input_ids (B*N, T + step) for the caller's processors
@@ -164,8 +169,10 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
         parent, token = top_idx // V, top_idx % V
         cand = run_tokens.gather(1, parent[:, :, None].expand(B, K, L))  # (B, K, L)
         cand[:, :, step] = token
-        cand_beams = run_beams.gather(1, parent[:, :, None].expand(B, K, L))
-        cand_beams[:, :, step] = (parent + row_base).to(torch.int32)
+        cand_beams = None
+        if run_beams is not None:
+            cand_beams = run_beams.gather(1, parent[:, :, None].expand(B, K, L))
+            cand_beams[:, :, step] = (parent + row_base).to(torch.int32)
         last = step + 1 >= L
         if last:
             stopped = torch.ones_like(token, dtype=torch.bool)
@@ -178,7 +185,8 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
         run_k = top_scores + stopped.to(torch.float32) * NEG
         keep = torch.topk(run_k, k=N)[1]  # (B, N)
         run_tokens = cand.gather(1, keep[:, :, None].expand(B, N, L))
-        run_beams = cand_beams.gather(1, keep[:, :, None].expand(B, N, L))
+        if run_beams is not None:
+            run_beams = cand_beams.gather(1, keep[:, :, None].expand(B, N, L))
         run_scores = run_k.gather(1, keep)
 
         # the top-N candidates that stopped compete with the finished hypotheses
@@ -215,7 +223,7 @@ def run(model, prompt, cfg, stop=None, *, warp=None, select=None) -> GenerationO
         feed.finish(new, lengths, n)
     return GenerationOutput(sequences=sequences, scores=tuple(scores_out) if scores_out is not None else None,
                             sequences_scores=fin.scores[:, :n].reshape(B * n) if cfg.output_scores else None,
-                            beam_indices=fin.beams[:, :n].reshape(B * n, L)[:, :width],
+                            beam_indices=None if fin.beams is None else fin.beams[:, :n].reshape(B * n, L)[:, :width],
                             stats=dec.stats(int(lengths.sum())))
 
 

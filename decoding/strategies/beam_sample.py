@@ -17,16 +17,7 @@ def run(model, prompt, cfg, stop=None):
     keep = len(cfg.eos_token_id) + 1 if cfg.eos_token_id else 2
     generator = sampling.make_generator(cfg.seed, cfg.generator, prompt.ids.device)
 
-    def warp(scores):
-        if cfg.temperature is not None and cfg.temperature != 1.0:
-            scores = processors.temperature(scores, cfg.temperature)
-        if cfg.top_k:
-            scores = processors.top_k(scores, max(cfg.top_k, keep))
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            scores = processors.top_p(scores, cfg.top_p, min_keep=keep)
-        if cfg.min_p is not None:
-            scores = processors.min_p(scores, cfg.min_p, min_keep=keep)
-        return scores
+    warp = processors.Warpers(cfg, min_keep=keep)
 
     def select(acc, k):
         idx = torch.multinomial(acc.softmax(-1), k, generator=generator)

@@ -28,7 +28,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     if n > 1:  # one prefill per prompt, then fan the cache out (rows b*n .. b*n+n-1, HF's layout)
         cache.repeat(n)
         logits = logits.repeat_interleave(n, 0)
-    guard = Guard.of(cfg, state.batch_size, device)
+    guard = Guard.of(cfg, state.batch_size, device, per=n)
     for step in range(cfg.max_new_tokens):
         bad = guard.check(logits[:, -1], step) if guard is not None else None
         scores = logits[:, -1].float()  # (B*n, V)
