@@ -220,22 +220,6 @@ def _plain(t):
     return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
 
-def _cache_out(cache):
-    """HF's cache as the caller gets it: tensors made outside inference mode, so that it can be
-    continued from (a later generate() updates it in place)."""
-    if cache is None:
-        return None
-    for layer in getattr(cache, "layers", []):
-        for name, t in list(vars(layer).items()):  # keys, values, a static layer's cumulative_length
-            if isinstance(t, torch.Tensor) and t.is_inference():
-                setattr(layer, name, t.clone())
-    for name in ("key_cache", "value_cache"):  # 4.x
-        tensors = getattr(cache, name, None)
-        if isinstance(tensors, list):
-            tensors[:] = [_plain(t) for t in tensors]
-    return cache
-
-
 def _steps(values):
     if values is None:
         return None
@@ -247,12 +231,14 @@ def _as_hf_output(model, out, call: dict):
     if not _setting(model, call, "return_dict_in_generate", False):
         return sequences
     from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+
+    from models.hf_adapter import caller_cache
     beams = (_setting(model, call, "num_beams", 1) or 1) > 1
     cls = GenerateBeamDecoderOnlyOutput if beams else GenerateDecoderOnlyOutput
     fields = {f.name for f in dataclasses.fields(cls)}
     kw = dict(sequences=sequences, scores=_steps(out.scores), logits=_steps(out.logits),
               attentions=_steps(out.attentions), hidden_states=_steps(out.hidden_states))
-    kw["cache" if "cache" in fields else "past_key_values"] = _cache_out(out.cache)
+    kw["cache" if "cache" in fields else "past_key_values"] = caller_cache(out.cache)
     if beams:
         kw.update(sequences_scores=_plain(out.sequences_scores), beam_indices=_plain(out.beam_indices))
     return cls(**{k: v for k, v in kw.items() if k in fields})

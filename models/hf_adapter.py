@@ -36,6 +36,22 @@ def _layers(hf_cache) -> list:
     return [(k, v, None) for k, v in zip(getattr(hf_cache, "key_cache", []), getattr(hf_cache, "value_cache", []))]
 
 
+def caller_cache(cache):
+    """HF's cache as the caller gets it: tensors made outside inference mode, so that it can be
+    continued from (a later generate() updates it in place); 5.x layers or 4.x key/value lists."""
+    if cache is None:
+        return None
+    for layer in getattr(cache, "layers", []):
+        for name, t in list(vars(layer).items()):  # keys, values, a static layer's cumulative_length
+            if isinstance(t, Tensor) and t.is_inference():
+                setattr(layer, name, t.clone())
+    for name in ("key_cache", "value_cache"):  # 4.x
+        tensors = getattr(cache, name, None)
+        if isinstance(tensors, list):
+            tensors[:] = [t.clone() if isinstance(t, Tensor) and t.is_inference() else t for t in tensors]
+    return cache
+
+
 def sliding_window(config) -> int | None:
     """The window of a config whose sliding-window layers are on (their HF cache forgets keys
     past it), else None."""
