@@ -19,6 +19,8 @@ import warnings
 
 import torch
 
+from models.hf_adapter import call_setting
+
 from .api import generate as engine_generate
 
 _ATTR = "_decoding_hf_install"  # the install record kept on the model
@@ -109,7 +111,7 @@ def _generate(model, record, args, kwargs):
     if streamer is not None:
         call["streamer"] = watched = _Watched(streamer)
     target = model
-    if record.get("native") and _setting(model, call, "cache_implementation", None) != "static":
+    if record.get("native") and call_setting(model, call, "cache_implementation", None) != "static":
         # a static cache is HF's StaticCache, filled by HF's forward: the HF adapter runs it
         from models.hf_native import route
         target = route(model, call, attention_mask)  # the native decoder, or the model itself (the HF adapter)
@@ -149,7 +151,7 @@ def _adapter(model):
 
 def _bos_prompt(model, call: dict):
     """HF's prompt when none is given: [[bos_token_id]] on the model's device."""
-    bos = _setting(model, call, "bos_token_id", None)
+    bos = call_setting(model, call, "bos_token_id", None)
     if isinstance(bos, torch.Tensor):
         bos = int(bos)
     if not isinstance(bos, int) or isinstance(bos, bool) or bos < 0:
@@ -204,16 +206,6 @@ class _Watched:
         return call
 
 
-def _setting(model, call: dict, name: str, default):
-    """A generation setting as HF resolves it: the call, then generation_config=, then the model's."""
-    if name in call:
-        return call[name]
-    for config in (call.get("generation_config"), getattr(model, "generation_config", None)):
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return default
-
 
 def _plain(t):
     # the engine runs under inference_mode; HF returns ordinary tensors that callers may edit in place
@@ -228,12 +220,12 @@ def _steps(values):
 
 def _as_hf_output(model, out, call: dict):
     sequences = _plain(out.sequences)
-    if not _setting(model, call, "return_dict_in_generate", False):
+    if not call_setting(model, call, "return_dict_in_generate", False):
         return sequences
     from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
     from models.hf_adapter import caller_cache
-    beams = (_setting(model, call, "num_beams", 1) or 1) > 1
+    beams = (call_setting(model, call, "num_beams", 1) or 1) > 1
     cls = GenerateBeamDecoderOnlyOutput if beams else GenerateDecoderOnlyOutput
     fields = {f.name for f in dataclasses.fields(cls)}
     kw = dict(sequences=sequences, scores=_steps(out.scores), logits=_steps(out.logits),

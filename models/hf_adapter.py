@@ -36,6 +36,18 @@ def _layers(hf_cache) -> list:
     return [(k, v, None) for k, v in zip(getattr(hf_cache, "key_cache", []), getattr(hf_cache, "value_cache", []))]
 
 
+def call_setting(hf_model, call: dict, name: str, default=None):
+    """A generation setting as HF's generate resolves it: the call's keyword, then its
+    generation_config=, then the model's generation_config."""
+    if name in call:
+        return call[name]
+    for config in (call.get("generation_config"), getattr(hf_model, "generation_config", None)):
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
 def caller_cache(cache):
     """HF's cache as the caller gets it: tensors made outside inference mode, so that it can be
     continued from (a later generate() updates it in place); 5.x layers or 4.x key/value lists."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .config import DecoderConfig
+from .hf_adapter import call_setting
 from .hf_weights import config_from_hf
 from .llama import LlamaDecoder, RMSNorm
 from .rope import inv_freq
@@ -293,11 +294,11 @@ def route_why(hf_model, call: dict, attention_mask=None):
         if value is not None and name in inputs:
             return hf_model, f"model input {name}"  # only the HF forward knows it
     for name in ADAPTER_OUTPUTS:
-        if _setting(hf_model, call, name):
+        if call_setting(hf_model, call, name):
             return hf_model, name
-    if _setting(hf_model, call, "use_cache") is False:
+    if call_setting(hf_model, call, "use_cache") is False:
         return hf_model, "use_cache=False"  # HF recomputes every step without a cache: the adapter does so
-    if _setting(hf_model, call, "return_dict_in_generate"):
+    if call_setting(hf_model, call, "return_dict_in_generate"):
         return hf_model, "return_dict_in_generate"  # HF's output carries HF's own cache: the adapter's
     native = native_for(hf_model)
     if native is None:
@@ -308,13 +309,3 @@ def route_why(hf_model, call: dict, attention_mask=None):
         return hf_model, "attention_mask holes under a sliding window"  # HF's window counts them as slots
     return native, None
 
-
-def _setting(hf_model, call: dict, name: str):
-    """As HF resolves it: the call, then generation_config=, then the model's generation_config."""
-    if name in call:
-        return call[name]
-    for config in (call.get("generation_config"), getattr(hf_model, "generation_config", None)):
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
