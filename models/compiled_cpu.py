@@ -160,7 +160,9 @@ class CompiledStep:
             Dim("capacity", min=2, max=max(3, model.config.max_seq_len))
         dims = {"B": B, "S": S}
         state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own deprecation notices from inside export/inductor: not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
             ep = torch.export.export(_Exported(model, self.names, example),
                                      (ids, [w.detach() for w in self.weights], example.step_state()),
                                      dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
