@@ -252,27 +252,38 @@ def test_inputs_embeds_prompt(family):
         same_output(ref, out)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_continue_from_callers_dynamic_cache(family):
+def continue_both(model, prompt: dict, prefix: int = 6):
+    """HF's generate and the drop-in's, each continuing a DynamicCache that a forward over the first
+    `prefix` positions of `prompt` (input_ids or inputs_embeds, with attention_mask) filled; asserts
+    the drop-in's call ran on the engine and returns (HF's output, the drop-in's)."""
+    import inspect
+
     from transformers import DynamicCache
-    model = tiny(family)
-    ids, mask = holed_inputs(length=9)
-    key = "cache" if "cache" in __import__("inspect").signature(model.forward).parameters else "past_key_values"
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     results = []
     for install in (False, True):
         past = DynamicCache(config=model.config)
         with torch.no_grad():
-            model(input_ids=ids[:, :6], attention_mask=mask[:, :6], use_cache=True, **{key: past})
+            model(**{k: v[:, :prefix] for k, v in prompt.items()}, use_cache=True, **{key: past})
         if install:
             decoding.hf.install(model)
             decoding.hf.reset_counts()
         try:
-            results.append(model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                                          return_dict_in_generate=True, output_scores=True, **{key: past}))
+            args = {k: v for k, v in prompt.items() if k != "input_ids"}  # input_ids positionally, as users pass it
+            results.append(model.generate(*[prompt[k] for k in ("input_ids",) if k in prompt], **args, max_new_tokens=4,
+                                          do_sample=False, return_dict_in_generate=True, output_scores=True,
+                                          **{key: past}))
         finally:
             decoding.hf.uninstall(model)
-    assert decoding.hf.counts()["engine"] == 1
-    same_output(*results)
+    assert decoding.hf.counts()["engine"] == 1, decoding.hf.counts()
+    return results
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_continue_from_callers_dynamic_cache(family):
+    model = tiny(family)
+    ids, mask = holed_inputs(length=9)
+    same_output(*continue_both(model, dict(input_ids=ids, attention_mask=mask)))
 
 
 def test_compile_config_with_a_dynamic_cache_runs_uncompiled_as_hf():

@@ -8,7 +8,7 @@ import torch
 
 import decoding
 from hf_tiny import tiny
-from test_dropin_conformance import run_both, same_output
+from test_dropin_conformance import continue_both, run_both, same_output
 
 OUTPUTS = dict(return_dict_in_generate=True, output_scores=True, output_logits=True, output_hidden_states=True)
 
@@ -68,26 +68,9 @@ def test_inputs_embeds_repetition_penalty_falls_back():
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_inputs_embeds_continue_from_callers_cache(family):
-    from transformers import DynamicCache
     model = tiny(family)
     _, embeds, mask = left_padded(model, length=9)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    results = []
-    for install in (False, True):
-        past = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(inputs_embeds=embeds[:, :6], attention_mask=mask[:, :6], use_cache=True, **{key: past})
-        if install:
-            decoding.hf.install(model)
-            decoding.hf.reset_counts()
-        try:
-            results.append(model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4,
-                                          do_sample=False, return_dict_in_generate=True, output_scores=True,
-                                          **{key: past}))
-        finally:
-            decoding.hf.uninstall(model)
-    assert decoding.hf.counts()["engine"] == 1, decoding.hf.counts()
-    same_output(*results)
+    same_output(*continue_both(model, dict(inputs_embeds=embeds, attention_mask=mask)))
 
 
 def _cache_of(out):
