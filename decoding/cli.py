@@ -197,7 +197,7 @@ def _add_generate(sub) -> None:
                    help="keep K fixed or adapt it to acceptance (HF)")
     g.add_argument("--prompt-lookup-num-tokens", type=int, help="draft from n-grams of the prompt (HF's prompt lookup)")
     g = p.add_argument_group("parallel decoding (the engine's own modes)")
-    from .config import ACCEPTANCES, JACOBI_INITS, STRATEGIES
+    from .validate import ACCEPTANCES, JACOBI_INITS, STRATEGIES
     g.add_argument("--strategy", choices=STRATEGIES, help="Jacobi, Gauss-Seidel-Jacobi, speculative Jacobi, "
                    "or blockwise parallel decoding")
     g.add_argument("--block-size", type=int, help="Jacobi/GS-Jacobi/SJD guess block length")
