@@ -132,6 +132,9 @@ def cmd_generate(args) -> int:
     if streamer is None:
         print_outputs(out, tok, batch, args.num_return_sequences or 1)
     print(stats_line(out.stats), flush=True)
+    if args.tensor_parallel:
+        from .cli_parallel import leave
+        leave()
     return 0
 
 

@@ -40,3 +40,12 @@ def load_sharded(path: Path, *, device, dtype, native: bool):
         return tensor_parallel(load_model(path, device=device, dtype=dtype, native=True))
     except (TypeError, ValueError) as e:
         raise CLIError(f"cannot shard {path}: {e}") from None
+
+
+def leave() -> None:
+    """Leave the world together: a rank that exits while its peer is still in a collective can make
+    gloo abort the peer (SIGABRT) on a reset connection."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
