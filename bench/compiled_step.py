@@ -1,12 +1,13 @@
-"""The compiled CPU step (models/compiled_cpu.py) against the eager step, 1 thread.
+"""The compiled CPU step (models/compiled_cpu.py), both kinds, against the eager step, 1 thread.
 
     python -m bench.compiled_step                        # shipped target, draft, YOCO, random 125M
     python -m bench.compiled_step --smoke --out /tmp/x   # a tiny random model
 
-Per model: the time to build the library (first process: export + AOTInductor; the on-disk cache
-is pointed at a fresh directory) and to load it in a second process; then the median ms of one
-decode step (T = 1) and one verify block (T = 5) at batch 1 and 8 over a 96-token context,
-eager and compiled taking turns in each repetition, and the largest |logit difference|.
+Per model: the time to build each library (first process: export + AOTInductor; the on-disk cache
+is pointed at a fresh directory) and to load the frozen one in a second process; then the median ms
+of one decode step (T = 1) and one verify block (T = 5) at batch 1, 4 and 8 over a 96-token context,
+eager, compiled with weights as inputs and compiled frozen (weights prepacked in) taking turns in
+each repetition, and the largest |logit difference| of each compiled kind from eager.
 """
 from __future__ import annotations
 
@@ -52,29 +53,43 @@ def make(name: str):
     return load(SHIPPED / name, dtype=torch.float32)
 
 
-def step_times(model, B: int, T: int, reps: int, calls: int) -> dict:
+MODES = ("eager", "inputs", "frozen")
+
+
+def use(model, mode: str, steps: dict) -> None:
+    """Run `model`'s next steps eagerly or through one of its two compiled steps (both kept loaded)."""
+    model.compile_step = mode != "eager"
+    if mode != "eager":
+        model.compile_frozen = mode == "frozen"
+        model._compiled = steps[mode]
+
+
+def step_times(model, steps: dict, B: int, T: int, reps: int, calls: int) -> dict:
     g = torch.Generator().manual_seed(0)
     caches = {}
     with torch.no_grad():
         prompt = torch.randint(0, model.vocab_size, (B, 96), generator=g)
-        for mode in ("eager", "compiled"):
+        for mode in MODES:
             caches[mode] = model.new_cache(B, 96 + T + 1)
             model(prompt, caches[mode], attention_mask=torch.ones(B, 96, dtype=torch.long))  # eager prefill
         ids = torch.randint(0, model.vocab_size, (B, T), generator=g)
         outs, times = {}, {m: [] for m in caches}
         for r in range(reps + 1):
             for mode, cache in caches.items():
-                model.compile_step = mode == "compiled"
+                use(model, mode, steps)
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     outs[mode] = model(ids, cache)
                     cache.truncate(T)
                 if r:  # the first round warms up
                     times[mode].append((time.perf_counter() - t0) / calls * 1e3)
-    e, c = (statistics.median(times[m]) for m in ("eager", "compiled"))
-    return {"eager_ms": e, "compiled_ms": c, "speedup": e / c,
-            "max_abs_diff": float((outs["eager"] - outs["compiled"]).abs().max()),
-            "same_argmax": bool(torch.equal(outs["eager"].argmax(-1), outs["compiled"].argmax(-1)))}
+    ms = {m: statistics.median(times[m]) for m in MODES}
+    row = {f"{m}_ms": v for m, v in ms.items()}
+    row.update({"frozen_vs_inputs": ms["inputs"] / ms["frozen"], "frozen_vs_eager": ms["eager"] / ms["frozen"]})
+    for m in ("inputs", "frozen"):
+        row[f"{m}_max_abs_diff"] = float((outs["eager"] - outs[m]).abs().max())
+        row[f"{m}_same_argmax"] = bool(torch.equal(outs["eager"].argmax(-1), outs[m].argmax(-1)))
+    return row
 
 
 def main(argv=None) -> None:
@@ -93,21 +108,25 @@ def main(argv=None) -> None:
         os.environ["DECODING_COMPILE_CACHE"] = d
         for name in args.models.split(","):
             model = make(name)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model.compile_step = True
-                model(torch.tensor([[1]]), model.new_cache(1, 8))
-            build_s = time.perf_counter() - t0
-            if model._compiled is None or model._compiled.run is None:
-                raise SystemExit(f"{name}: the compiled step did not build (see the warning above)")
+            steps, build_s = {}, {}
+            for mode in ("inputs", "frozen"):
+                model.compile_step, model.compile_frozen, model._compiled = True, mode == "frozen", None
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    model(torch.tensor([[1]]), model.new_cache(1, 8))
+                build_s[mode] = time.perf_counter() - t0
+                if model._compiled is None or model._compiled.run is None:
+                    raise SystemExit(f"{name}: the compiled step did not build (see the warning above)")
+                steps[mode] = model._compiled
             out = subprocess.run([sys.executable, "-c", LOAD, name], capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": str(Path.cwd())}, check=True)
             load_s, loaded = out.stdout.split()
-            for B in (1, 8):
+            for B in (1, 4, 8):
                 for T in (1, 5):
-                    r = step_times(model, B, T, args.reps, args.calls)
-                    rows.append({"model": name, "batch": B, "T": T, **r, "first_build_s": build_s,
-                                 "second_process_first_step_s": float(load_s), "loaded_not_built": loaded == "1"})
+                    r = step_times(model, steps, B, T, args.reps, args.calls)
+                    rows.append({"model": name, "batch": B, "T": T, **r, "inputs_build_s": build_s["inputs"],
+                                 "frozen_build_s": build_s["frozen"], "second_process_first_step_s": float(load_s),
+                                 "loaded_not_built": loaded == "1"})
                     print(rows[-1], flush=True)
     info = machine()
     md = ["# Compiled CPU step vs eager step", "", f"torch {info['torch']}, python {info['python']}, 1 thread; "

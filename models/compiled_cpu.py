@@ -2,24 +2,33 @@
 models/compiled.py) exported once with torch.export and compiled ahead of time by AOTInductor into
 one C++ library, so a step is a single call with no Python per op (the CPU's CUDA graph).
 
-One library per architecture (model source, config, dtype, weight layout) serves every batch size,
-cache capacity and step width T <= MAX_TOKENS (dynamic dimensions). Weights and cache buffers are
-its inputs, not baked in: no copy of the weights, and new weights of the same shapes reuse it. It
-writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it returns, so a
-failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
+One library serves every batch size, cache capacity and step width T <= MAX_TOKENS (dynamic
+dimensions). Two kinds, by `model.compile_frozen`:
+- frozen (the native models' default): the weights are constants of the library, prepacked at
+  build time for inductor's C++ GEMM micro-kernels, chosen per matrix against MKL by timing
+  (max-autotune). Faster than MKL at the small row counts of decoding (batch x T <= 16 rows) on
+  the CPUs measured, most at T = k + 1 (verify) and beam widths. The library holds its own copy of
+  the weights (memory: + the model's weights), is built per weight values, and is dropped when a
+  weight changes in place or is replaced (checked before every step: ids and version counters).
+- inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
+  weights are inputs of the library; one library per architecture serves any weight values.
+Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it
+returns, so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
 
 Switch: `model.compile_step = False` (always eager) or True (compiled wherever it can be); None,
 the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule.
 Disk cache: $DECODING_COMPILE_CACHE, else $XDG_CACHE_HOME/decoding/compiled (~/.cache/...). A file
-is named by a hash of everything the library depends on (torch version, CPU capability, model
-source, config, dtype, weight shapes and strides); the JSON beside it holds that key and the
-file's sha256, both checked before loading, so a stale or corrupt file is rebuilt, never used.
+is named by a hash of everything the library depends on (torch version, CPU capability, threads,
+model source, config, dtype, weight shapes and strides, and for a frozen library the weights'
+sha256); the JSON beside it holds that key and the file's sha256, both checked before loading, so
+a stale or corrupt file is rebuilt, never used.
 No C++ compiler, an export that fails, an older torch: one warning, then the eager step.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import sys
 import time
@@ -38,7 +47,22 @@ MAX_BATCH = 1024
 AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (tests run HF-identity through it)
 _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
             "cache.py", "yoco_cache.py", "layout.py")
+# the frozen library's build: weights as constants, every matmul inductor's C++ GEMM template over
+# weights prepacked for its micro-kernel (ATen's where the template does not apply). No timing of
+# alternatives: on the CPU measured the template beat MKL at every decode shape (1.2-1.7x per step,
+# bench/compiled_step.py), and autotuning doubled the build time. Configs an older torch lacks are left out.
+FROZEN_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP",
+                 "autotune_fallback_to_aten": True, "autotune_num_choices_displayed": 0,
+                 "max_autotune_report_choices_stats": False}
 _failed: set[str] = set()  # keys whose compile failed in this process: eager from then on
+_registered = [0]  # parameters registered on any module since import (a replaced weight)
+
+
+def _count_registration(module, name, param):
+    _registered[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
 
 
 def wanted(model, cache) -> bool:
@@ -61,14 +85,33 @@ def cache_dir() -> Path:
     return Path(base) / "decoding" / "compiled"
 
 
-def _key(model, cache) -> dict:
+def _key(model, cache, frozen: bool) -> dict:
     here = Path(__file__).parent
     source = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
     weights = [(n, tuple(p.shape), tuple(p.stride())) for n, p in model.named_parameters(remove_duplicate=False)]
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "model": type(model).__name__, "config": model.config.to_dict(), "dtype": str(model.dtype),
-            "weights": hashlib.sha256(repr(weights).encode()).hexdigest(), "cache": type(cache).__name__,
-            "max_tokens": MAX_TOKENS, "source": source}
+    key = {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+           "model": type(model).__name__, "config": model.config.to_dict(), "dtype": str(model.dtype),
+           "weights": hashlib.sha256(repr(weights).encode()).hexdigest(), "cache": type(cache).__name__,
+           "max_tokens": MAX_TOKENS, "source": source, "frozen": frozen}
+    if frozen:  # constants of the library, and its GEMMs' thread plan
+        key["values"] = _values_hash(model)
+        key["threads"] = torch.get_num_threads()
+    return key
+
+
+def _values_hash(model) -> str:
+    h = hashlib.sha256()
+    for t in list(model.parameters()) + list(model.buffers()):
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+_version = operator.attrgetter("_version")
+
+
+def _stamp(params: list[Tensor]) -> list:
+    """What changes when a weight does: its version (in-place writes) and storage (a `.data` swap)."""
+    return list(map(_version, params)) + list(map(Tensor.data_ptr, params))
 
 
 class _Step(nn.Module):
@@ -97,27 +140,51 @@ class _Exported(nn.Module):
                                           tie_weights=False, strict=False)
 
 
+class _Frozen(nn.Module):
+    """(ids, cache state) -> logits, with the model's weights as module state: constants of the library."""
+
+    def __init__(self, model, template):
+        super().__init__()
+        self.model, self.template = model, template
+
+    def forward(self, input_ids: Tensor, state: list[Tensor]) -> Tensor:
+        return self.model.static_logits(input_ids, self.template.from_state(state))
+
+
 class CompiledStep:
     """The compiled step of one model: loaded from the disk cache or built on first use."""
 
     def __init__(self, model):
         self.model, self.dtype, self.device = model, model.dtype, model.device
+        self.frozen = bool(model.compile_frozen)
         named = dict(model.named_parameters(remove_duplicate=False))
         self.names, self.weights = list(named), list(named.values())
+        self.registered, self.stamp = _registered[0], _stamp(self.weights)
         self.run = None  # the library's flat-input entry point, once loaded
+        self.unavailable = False  # its build failed: eager, without hashing the weights again
 
     def matches(self, model) -> bool:
-        return model.dtype == self.dtype and model.device == self.device
+        """Still the library of `model` as it is now: no weight replaced, and for a frozen library
+        none written to (a few us a step)."""
+        if model.dtype != self.dtype or model.device != self.device or self.frozen != bool(model.compile_frozen):
+            return False
+        if _registered[0] != self.registered:  # some parameter was (re)assigned: look again
+            now = list(dict(model.named_parameters(remove_duplicate=False)).values())
+            if len(now) != len(self.weights) or any(a is not b for a, b in zip(now, self.weights)):
+                return False
+            self.registered = _registered[0]
+        return not self.frozen or _stamp(self.weights) == self.stamp
 
     def __call__(self, input_ids: Tensor, cache) -> Tensor | None:
         """Logits (B, T, V) with the cache advanced, or None where the library is unavailable."""
-        if self.run is None and not self._load(cache):
+        if self.run is None and (self.unavailable or not self._load(cache)):
+            self.unavailable = True
             return None
         T = input_ids.shape[1]
         cache.reserve(T)  # raises on overflow; reads the lengths back only near the capacity
         ids = input_ids.long().contiguous()
         try:
-            logits = self.run([ids, *self.weights, *cache.step_state()])[0]
+            logits = self.run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])[0]
         except RuntimeError:
             check_input_ids(input_ids, self.model.vocab_size)  # a bad id: the protocol's error
             raise
@@ -126,7 +193,7 @@ class CompiledStep:
 
     # -- build / load ---------------------------------------------------------------------------
     def _load(self, cache) -> bool:
-        key = _key(self.model, cache)
+        key = _key(self.model, cache, self.frozen)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         if digest in _failed:
             return False
@@ -148,8 +215,9 @@ class CompiledStep:
         from torch.export import Dim
         model = self.model
         n = sum(p.numel() for p in model.parameters())
+        kind = "prepacked weights" if self.frozen else "weights as inputs"
         print(f"decoding: compiling the CPU step of {key['model']} ({n / 1e6:.1f}M parameters, "
-              f"{key['dtype']}) once, cached in {path.parent} ...", end="", file=sys.stderr, flush=True)
+              f"{key['dtype']}, {kind}) once, cached in {path.parent} ...", end="", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         # example shapes all distinct from each other and from the model's own sizes (no accidental
         # specialisation); every one of them is dynamic in the library
@@ -161,15 +229,24 @@ class CompiledStep:
         dims = {"B": B, "S": S}
         state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
         with torch.no_grad(), warnings.catch_warnings():
-            # torch's own deprecation notices from inside export/inductor: not the user's to act on
+            # torch's own notices from inside export/inductor: not the user's to act on
             warnings.simplefilter("ignore", FutureWarning)
-            ep = torch.export.export(_Exported(model, self.names, example),
-                                     (ids, [w.detach() for w in self.weights], example.step_state()),
-                                     dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
-                                     strict=False)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            if self.frozen:
+                from torch._inductor import config as inductor_config
+                ep = torch.export.export(_Frozen(model, example), (ids, example.step_state()),
+                                         dynamic_shapes=({0: B, 1: T}, state_dims), strict=False)
+                known = inductor_config.get_config_copy()
+                configs = {k: v for k, v in FROZEN_CONFIG.items() if k in known}
+            else:
+                ep = torch.export.export(_Exported(model, self.names, example),
+                                         (ids, [w.detach() for w in self.weights], example.step_state()),
+                                         dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
+                                         strict=False)
+                configs = {}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)
         tmp_meta = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")

@@ -40,6 +40,7 @@ class HFNativeDecoder(LlamaDecoder):
     HF adapter) it runs past max_position_embeddings when the engine lets it (its cache is sized
     per call, so config.max_seq_len bounds nothing here)."""
     runs_past_max_positions = True
+    compile_frozen = False  # its weights are the caller's HF model's: one copy (models/compiled_cpu.py)
     forwards = 0  # forwards run so far (decoding.hf: did a refusal come before any work?), as the adapter's
 
     def forward(self, *args, **kwargs):

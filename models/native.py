@@ -28,6 +28,9 @@ class NativeDecoder(nn.Module):
     returns_hidden = True
     runs_past_max_positions = False  # the rope table and the cache end at max_seq_len
     hf_passthrough = False
+    # the compiled CPU step bakes the weights in, prepacked (a copy; models/compiled_cpu.py); False: it
+    # takes them as inputs (one copy of the weights, one library per architecture)
+    compile_frozen = True
 
     def __init__(self):
         super().__init__()
@@ -36,6 +39,13 @@ class NativeDecoder(nn.Module):
         self.compile_step: bool | None = None  # CPU: None = DECODING_COMPILE or the rule of compiled_cpu
         self._graphed = None  # CUDA graphs (models/compiled.GraphedStep)
         self._compiled = None  # compiled CPU step (models/compiled_cpu.CompiledStep)
+
+    def __getstate__(self):
+        """Copies and pickles leave the compiled step and CUDA graphs behind (rebuilt or reloaded on
+        the copy's first step): they belong to this object's weights and cannot be pickled."""
+        state = self.__dict__.copy()
+        state["_compiled"] = state["_graphed"] = None
+        return state
 
     @property
     def device(self):

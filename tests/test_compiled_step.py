@@ -89,23 +89,25 @@ def test_graphed_step_on_cpu_matches_oracle():
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    """name -> directory holding that architecture's compiled library (built once per module)."""
+    """(name, frozen) -> directory holding the compiled library of build(name) (built once per module):
+    frozen, its weights prepacked in; else the architecture's, weights as inputs."""
     built = {}
 
-    def get(name):
-        if name not in built:
-            d = tmp_path_factory.mktemp(f"compiled_{name}")
+    def get(name, frozen=True):
+        if (name, frozen) not in built:
+            d = tmp_path_factory.mktemp(f"compiled_{name}_{'frozen' if frozen else 'inputs'}")
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv(cc.CACHE_ENV, str(d))
                 model = build(name)
+                model.compile_frozen = frozen
                 model.compile_step = True
                 with torch.no_grad():
                     c = model.new_cache(1, 8)
                     model(torch.tensor([[1]]), c)
                 if model._compiled is None or model._compiled.run is None:
                     pytest.fail("the compiled CPU step did not build on this machine (see the warning)")
-            built[name] = d
-        return built[name]
+            built[name, frozen] = d
+        return built[name, frozen]
     return get
 
 
@@ -121,12 +123,15 @@ def no_build(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "inputs"])
 @pytest.mark.parametrize("name", ["llama", "yoco"])
-def test_compiled_step_matches_oracle_and_eager(name, library, cache_dir, monkeypatch):
-    for f in library(name).iterdir():
+def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir, monkeypatch):
+    for f in library(name, frozen).iterdir():
         shutil.copy(f, cache_dir)
-    no_build(monkeypatch)  # a fresh model of the same architecture loads the library: no compile
-    model = build(name, seed=2)  # other weights: the library takes them as inputs
+    no_build(monkeypatch)  # a fresh model loads the library from disk: no compile
+    # frozen: the same weights (a fresh copy of them); inputs: other weights, same architecture
+    model = build(name, seed=0 if frozen else 2)
+    model.compile_frozen = frozen
     model.compile_step = True
 
     def step(ids, c):
@@ -134,6 +139,39 @@ def test_compiled_step_matches_oracle_and_eager(name, library, cache_dir, monkey
         assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return out
     script(model, step, check_eager=True)
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced", "data"])
+def test_frozen_library_never_serves_changed_weights(change, library, cache_dir, monkeypatch):
+    """A weight written in place, replaced by a new Parameter, or swapped under `.data` after the
+    frozen library loaded: the next step runs the new weights (the float64 oracle of the changed
+    model), through a library built for them."""
+    for f in library("llama").iterdir():
+        shutil.copy(f, cache_dir)
+    model = build("llama")
+    model.compile_step = True
+    with torch.no_grad():
+        model(torch.tensor([[1, 2]]), model.new_cache(1, 8))
+        first = model._compiled
+        assert first.run is not None and first.frozen
+        new = model.lm_head.weight.detach().flip(0).contiguous()  # another weight of the same shape
+        if change == "in place":
+            model.lm_head.weight.copy_(new)
+        elif change == "replaced":
+            model.lm_head.weight = torch.nn.Parameter(new)
+        else:
+            model.lm_head.weight.data = new
+    built = []
+
+    def no_library(self, *a):  # asked for a library of the new weights: say none builds here (eager)
+        built.append(1)
+        raise RuntimeError("not built in this test")
+    monkeypatch.setattr(cc.CompiledStep, "_build", no_library)
+    monkeypatch.setattr(cc, "_failed", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        script(model, lambda ids, c: model(ids, c))
+    assert built and model._compiled is not first  # the old library was dropped, a new one asked for
 
 
 def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
