@@ -46,7 +46,7 @@ MAX_TOKENS = 16  # widest step the library takes (decode: 1, verify: k + 1)
 MAX_BATCH = 1024
 AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (tests run HF-identity through it)
 _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
-            "cache.py", "yoco_cache.py", "layout.py")
+            "cache.py", "yoco_cache.py", "layout.py", "gpt2.py")
 # the frozen library's build: weights as constants, every matmul inductor's C++ GEMM template over
 # weights prepacked for its micro-kernel (ATen's where the template does not apply). No timing of
 # alternatives: on the CPU measured the template beat MKL at every decode shape (1.2-1.7x per step,

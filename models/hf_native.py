@@ -12,6 +12,9 @@ swapped, a hook added, a config edit) changes the model's fingerprint, and the n
 It refuses (returns None, with the reason in `unsupported_reason`) whatever the native decoder does
 not express exactly: other architectures or subclasses, rope scaling types it lacks, non-SiLU MLPs,
 MLP or o_proj biases, dropout in training mode, accelerate hooks, forward hooks.
+
+GPT2LMHeadModel runs on the native GPT-2 decoder the same way (models/hf_native_gpt2.py: its
+Conv1D weights are shared as they are, wte is re-laid k-major).
 """
 from __future__ import annotations
 
@@ -22,36 +25,27 @@ import weakref
 import torch
 import torch.nn as nn
 
+from . import hf_native_gpt2
 from .config import DecoderConfig
 from .hf_adapter import call_setting
+from .hf_share import FromHF, fuse, hooks_or_placement, k_major, saves_contiguous, share
 from .hf_weights import config_from_hf
 from .llama import LlamaDecoder, RMSNorm
 from .rope import inv_freq
 
 # exact classes only: a subclass may override forward, and the native decoder would not follow it
-CLASSES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
+CLASSES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral",
+           "GPT2LMHeadModel": "gpt2"}
 
 _BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # hf model -> (fingerprint, decoder | reason)
 
 
-class HFNativeDecoder(LlamaDecoder):
+class HFNativeDecoder(FromHF, LlamaDecoder):
     """LlamaDecoder whose generation defaults and position limit are those of the HF model it was
     built from. Rotary positions have no table to run out of: like the HF model (and the engine's
     HF adapter) it runs past max_position_embeddings when the engine lets it (its cache is sized
     per call, so config.max_seq_len bounds nothing here)."""
     runs_past_max_positions = True
-    compile_frozen = False  # its weights are the caller's HF model's: one copy (models/compiled_cpu.py)
-    forwards = 0  # forwards run so far (decoding.hf: did a refusal come before any work?), as the adapter's
-
-    def forward(self, *args, **kwargs):
-        self.forwards += 1
-        return super().forward(*args, **kwargs)
-
-    @property
-    def generation_defaults(self) -> dict:
-        from .adapt import as_decoder
-        hf = self._hf()
-        return as_decoder(hf).generation_defaults if hf is not None else {}  # exactly the adapter's
 
     @property
     def max_positions(self):
@@ -59,7 +53,7 @@ class HFNativeDecoder(LlamaDecoder):
         return getattr(hf.config, "max_position_embeddings", None) if hf is not None else None
 
 
-def native_for(hf_model) -> HFNativeDecoder | None:
+def native_for(hf_model) -> FromHF | None:
     """The native decoder sharing `hf_model`'s weights, built on first use and rebuilt when the
     model changed since; None when the model is not one the native decoder expresses exactly."""
     if type(hf_model).__name__ not in CLASSES:
@@ -67,16 +61,16 @@ def native_for(hf_model) -> HFNativeDecoder | None:
     fp = _fingerprint(hf_model)
     built = _BUILT.get(hf_model)
     if built is not None and built[0] == fp:
-        return built[1] if isinstance(built[1], HFNativeDecoder) else None
+        return built[1] if isinstance(built[1], FromHF) else None
     reason = unsupported_reason(hf_model)
     if reason is None:
         with torch.no_grad():
-            value = _build(hf_model)
+            value = hf_native_gpt2.build(hf_model) if _is_gpt2(hf_model) else _build(hf_model)
         fp = _fingerprint(hf_model)  # the re-pointed weights
     else:
         value = reason
     _BUILT[hf_model] = (fp, value)
-    return value if isinstance(value, HFNativeDecoder) else None
+    return value if isinstance(value, FromHF) else None
 
 
 def why_not_native(hf_model) -> str | None:
@@ -90,6 +84,8 @@ def unsupported_reason(hf) -> str | None:
     name = type(hf).__name__
     if name not in CLASSES or not type(hf).__module__.startswith("transformers.models."):
         return f"{name} is not one of {sorted(CLASSES)}"
+    if _is_gpt2(hf):
+        return hf_native_gpt2.unsupported_reason(hf)
     try:
         cfg = config_from_hf(hf.config)
     except (NotImplementedError, ValueError) as e:
@@ -118,75 +114,23 @@ def unsupported_reason(hf) -> str | None:
         if (a.q_proj.bias is None) != (not cfg.qkv_bias) or not (
                 (a.q_proj.bias is None) == (a.k_proj.bias is None) == (a.v_proj.bias is None)):
             return "q/k/v biases do not match the config"
-    params = list(hf.parameters())
-    if any(p.device.type == "meta" for p in params) or len({(p.device, p.dtype) for p in params}) != 1:
-        return "weights on several devices or dtypes, or not loaded (meta)"
-    for module in hf.modules():
-        if getattr(module, "_hf_hook", None) is not None:
-            return "accelerate hooks (device_map / offloading)"
-        if module._forward_hooks or module._forward_pre_hooks:
-            return "forward hooks on the model"
-    return None
+    return hooks_or_placement(hf)
+
+
+def _is_gpt2(hf) -> bool:
+    return CLASSES.get(type(hf).__name__) == "gpt2"
 
 
 def _fingerprint(hf) -> tuple:
     """Everything whose change makes a built decoder stale, cheap to compare per call."""
     ptrs = tuple((p.data_ptr(), p.dtype, p.device, p.shape) for p in hf.parameters())
+    modules = list(hf.modules())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + (getattr(m, "_hf_hook", None) is not None)
-                for m in hf.modules())
+                for m in modules)
     names = ("rope_parameters", "rope_scaling", "rms_norm_eps", "sliding_window", "layer_types", "use_sliding_window",
-             "max_position_embeddings", "hidden_act", "attention_dropout", "pretraining_tp")
-    return (ptrs, hooks, hf.training, type(hf), repr([getattr(hf.config, n, None) for n in names]))
-
-
-def _k_major(weight: torch.Tensor) -> torch.Tensor:
-    return weight if weight.stride(0) == 1 else weight.t().contiguous().t()
-
-
-def _fuse(weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One k-major (sum out, in) matrix holding `weights` stacked, and its row-slices (views)."""
-    total, k = sum(w.shape[0] for w in weights), weights[0].shape[1]
-    storage = torch.empty(k, total, dtype=weights[0].dtype, device=weights[0].device)
-    fused, views, start = storage.t(), [], 0
-    for w in weights:
-        fused[start:start + w.shape[0]].copy_(w)
-        views.append(fused[start:start + w.shape[0]])
-        start += w.shape[0]
-    return fused, views
-
-
-_SAVED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # view -> its copy, while one is alive
-
-
-def _state_dict_contiguous(module, state_dict, prefix, local_metadata) -> None:
-    """state_dict() hook of the HF modules whose weights are now slices of a shared storage: their
-    entries are tensors of their own, as before install (safetensors and HF's save_pretrained refuse
-    strided or partly shared tensors). A tied embedding/lm_head pair gets one copy for both."""
-    for name, _ in module.named_parameters(recurse=False):
-        t = state_dict.get(prefix + name)
-        if t is None or isinstance(t, nn.Parameter):  # keep_vars=True asks for the parameters themselves
-            continue
-        if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t._version, t.dtype,
-               t.device)
-        copy = _SAVED.get(key)
-        if copy is None:
-            copy = _SAVED[key] = t.contiguous() if not t.is_contiguous() else t.clone()
-        state_dict[prefix + name] = copy
-
-
-def _saves_contiguous(module: nn.Module) -> None:
-    if not getattr(module, "_decoding_contiguous_hook", False):
-        module.register_state_dict_post_hook(_state_dict_contiguous)
-        object.__setattr__(module, "_decoding_contiguous_hook", True)
-
-
-def _share(module_param: nn.Parameter, tensor: torch.Tensor) -> nn.Parameter:
-    """Point the HF parameter at `tensor` (same Parameter object: optimizers keep working) and
-    return a native Parameter on the same storage."""
-    module_param.data = tensor
-    return nn.Parameter(tensor, requires_grad=False)
+             "max_position_embeddings", "hidden_act", "attention_dropout", "pretraining_tp") + hf_native_gpt2.CONFIG_NAMES
+    return (ptrs, hooks, hf.training, tuple(map(type, modules)),  # a module swapped (GPT-2's activations)
+            repr([getattr(hf.config, n, None) for n in names]))
 
 
 def _build(hf) -> HFNativeDecoder:
@@ -200,20 +144,20 @@ def _build(hf) -> HFNativeDecoder:
     with torch.device("meta"):  # the structure only: every tensor is the HF model's, set below
         model = HFNativeDecoder(cfg)
     object.__setattr__(model, "_hf", weakref.ref(hf))  # not a submodule, not a strong reference
-    model.embed.weight = _share(base.embed_tokens.weight, _k_major(embed.detach()))
+    model.embed.weight = share(base.embed_tokens.weight, k_major(embed.detach()))
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     else:
         head = hf.get_output_embeddings().weight
-        model.lm_head.weight = _share(head, _k_major(head.detach()))
-    model.norm.weight = _share(base.norm.weight, base.norm.weight.detach())
+        model.lm_head.weight = share(head, k_major(head.detach()))
+    model.norm.weight = share(base.norm.weight, base.norm.weight.detach())
     for module in (base.embed_tokens, hf.get_output_embeddings()):
-        _saves_contiguous(module)
+        saves_contiguous(module)
     for layer, block in zip(base.layers, model.layers):
         a, m = layer.self_attn, layer.mlp
         for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj):
-            _saves_contiguous(lin)
-        fused, views = _fuse([a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()])
+            saves_contiguous(lin)
+        fused, views = fuse([a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()])
         for lin, view in zip((a.q_proj, a.k_proj, a.v_proj), views):
             lin.weight.data = view
         block.attn.wqkv.weight = nn.Parameter(fused, requires_grad=False)
@@ -225,13 +169,13 @@ def _build(hf) -> HFNativeDecoder:
                 lin.bias.data = bias[start:start + n]
                 start += n
             block.attn.wqkv.bias = nn.Parameter(bias, requires_grad=False)
-        fused, views = _fuse([m.gate_proj.weight.detach(), m.up_proj.weight.detach()])
+        fused, views = fuse([m.gate_proj.weight.detach(), m.up_proj.weight.detach()])
         m.gate_proj.weight.data, m.up_proj.weight.data = views
         block.mlp.w13.weight = nn.Parameter(fused, requires_grad=False)
-        block.attn.wo.weight = _share(a.o_proj.weight, _k_major(a.o_proj.weight.detach()))
-        block.mlp.w2.weight = _share(m.down_proj.weight, _k_major(m.down_proj.weight.detach()))
-        block.attn_norm.weight = _share(layer.input_layernorm.weight, layer.input_layernorm.weight.detach())
-        block.mlp_norm.weight = _share(layer.post_attention_layernorm.weight,
+        block.attn.wo.weight = share(a.o_proj.weight, k_major(a.o_proj.weight.detach()))
+        block.mlp.w2.weight = share(m.down_proj.weight, k_major(m.down_proj.weight.detach()))
+        block.attn_norm.weight = share(layer.input_layernorm.weight, layer.input_layernorm.weight.detach())
+        block.mlp_norm.weight = share(layer.post_attention_layernorm.weight,
                                        layer.post_attention_layernorm.weight.detach())
     for module in model.modules():
         if isinstance(module, RMSNorm):  # CPU-path operands were made on meta above
@@ -244,7 +188,7 @@ def _build(hf) -> HFNativeDecoder:
 def extra_bytes(hf_model) -> int:
     """Bytes the native decoder holds beyond the HF model's own storages (0 when fully shared)."""
     built = _BUILT.get(hf_model)
-    if built is None or not isinstance(built[1], HFNativeDecoder):
+    if built is None or not isinstance(built[1], FromHF):
         return 0
     hf_storages = {p.untyped_storage().data_ptr() for p in hf_model.parameters()}
     seen, extra = set(), 0
@@ -305,7 +249,8 @@ def route_why(hf_model, call: dict, attention_mask=None):
     if native is None:
         return hf_model, why_not_native(hf_model)
     c = native.config
-    if attention_mask is not None and (c.sliding_window or any(c.layer_windows or ())) and \
+    windowed = getattr(c, "sliding_window", 0) or any(getattr(c, "layer_windows", None) or ())
+    if attention_mask is not None and windowed and \
             not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
         return hf_model, "attention_mask holes under a sliding window"  # HF's window counts them as slots
     return native, None
