@@ -23,8 +23,8 @@ def tiny(family: str, seed: int = 0, **overrides):
         cfg = transformers.MistralConfig(**{**kw, "num_key_value_heads": 1, "sliding_window": None, **overrides})
         cls = transformers.MistralForCausalLM
     elif family == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=0, **overrides)
+        cfg = transformers.GPT2Config(**{**dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                                                bos_token_id=1, eos_token_id=2, pad_token_id=0), **overrides})
         cls = transformers.GPT2LMHeadModel
     elif family == "gpt_neox":
         cfg = transformers.GPTNeoXConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

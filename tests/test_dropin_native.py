@@ -1,5 +1,5 @@
 """The drop-in on the native decoder (issue 19 item 4): an installed Llama / Qwen2 / Mistral model
-runs on a LlamaDecoder built on its own weights. Oracle: HF's own generate on a copy of the model
+runs on a LlamaDecoder built on its own weights (GPT-2: tests/test_dropin_native_gpt2.py). Oracle: HF's own generate on a copy of the model
 taken before install (and given the same weight updates)."""
 import copy
 
@@ -142,7 +142,8 @@ class SubclassedLlama(transformers.LlamaForCausalLM):
     ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope scaling"),
     ("llama", {"attention_bias": True}, "o_proj"),
     ("llama", {"hidden_act": "gelu_new"}, "hidden_act"),
-    ("gpt2", {}, "GPT2LMHeadModel"),
+    ("gpt2", {"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn"),  # GPT-2's own: test_dropin_native_gpt2.py
+    ("gpt_neox", {}, "GPTNeoXForCausalLM"),
     ("subclass", {}, "SubclassedLlama"),
 ])
 def test_what_native_does_not_express_runs_on_the_adapter(targets, family, overrides, reason):
