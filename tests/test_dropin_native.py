@@ -1,6 +1,6 @@
 """The drop-in on the native decoder (issue 19 item 4): an installed Llama / Qwen2 / Mistral model
-runs on a LlamaDecoder built on its own weights (GPT-2: tests/test_dropin_native_gpt2.py). Oracle: HF's own generate on a copy of the model
-taken before install (and given the same weight updates)."""
+runs on a LlamaDecoder built on its own weights (GPT-2: tests/test_dropin_native_gpt2.py). Oracle:
+HF's own generate on a copy of the model taken before install (and given the same weight updates)."""
 import copy
 
 import pytest
