@@ -12,7 +12,8 @@ both alike), medians of --runs calls after one warm-up call each:
 - dropin-llama: `model.generate(...)` after `decoding.hf.install(model)` on that HF export (the
   drop-in runs it on the native decoder built on the model's own weights) vs HF `generate` on an
   untouched copy (install re-lays the weights it shares, so HF's side keeps HF's own layout);
-- dropin-gpt2: the same on the GPT-2 (the drop-in runs it through the HF adapter).
+- dropin-gpt2: the same on the GPT-2 (the drop-in runs it on the native GPT-2 decoder built on the
+  model's own weights).
 Greedy, `max_new_tokens = min_new_tokens`, `eos_token_id=None`, so every call emits exactly
 batch x new tokens; tokens/s = those tokens / wall time of the whole call (prefill included).
 `match` says whether engine and HF returned the same tokens.
@@ -71,7 +72,7 @@ def pairs(smoke: bool, device):
     yield "adapter-llama", "HF adapter", hf_llama, hf_llama
     yield "adapter-gpt2", "HF adapter", hf_gpt2, hf_gpt2
     yield "dropin-llama", "drop-in (native decoder)", decoding.hf.install(copy.deepcopy(hf_llama)), hf_llama
-    yield "dropin-gpt2", "drop-in (HF adapter)", decoding.hf.install(copy.deepcopy(hf_gpt2)), hf_gpt2
+    yield "dropin-gpt2", "drop-in (native GPT-2 decoder)", decoding.hf.install(copy.deepcopy(hf_gpt2)), hf_gpt2
 
 
 def params_m(model) -> float:

@@ -28,8 +28,8 @@ _ATTR = "_decoding_hf_install"  # the install record kept on the model
 
 def install(model, native: bool = True):
     """Route `model.generate` through the engine; returns the model. Installing twice only updates
-    `native`. native=True runs Llama-family models (Llama, Qwen2, Mistral) on the native decoder
-    built on their own weights (models/hf_native.py) where it computes exactly what HF's model does;
+    `native`. native=True runs Llama-family models (Llama, Qwen2, Mistral) and GPT-2 on the native
+    decoders built on their own weights (models/hf_native.py) where they compute exactly what HF's model does;
     native=False keeps every call on the HF adapter."""
     from models.hf_adapter import is_hf_model
     if not is_hf_model(model):
