@@ -128,7 +128,8 @@ def _fingerprint(hf) -> tuple:
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + (getattr(m, "_hf_hook", None) is not None)
                 for m in modules)
     names = ("rope_parameters", "rope_scaling", "rms_norm_eps", "sliding_window", "layer_types", "use_sliding_window",
-             "max_position_embeddings", "hidden_act", "attention_dropout", "pretraining_tp") + hf_native_gpt2.CONFIG_NAMES
+             "max_position_embeddings", "hidden_act", "attention_dropout", "pretraining_tp")
+    names += hf_native_gpt2.CONFIG_NAMES
     return (ptrs, hooks, hf.training, tuple(map(type, modules)),  # a module swapped (GPT-2's activations)
             repr([getattr(hf.config, n, None) for n in names]))
 

@@ -87,7 +87,8 @@ def build(hf) -> HFNativeGPT2:
     cfg = GPT2Config(vocab_size=int(wte.shape[0]), dim=c.n_embd, n_layers=c.n_layer, n_heads=c.n_head,
                      hidden_dim=c.n_inner if c.n_inner is not None else 4 * c.n_embd,
                      activation=c.activation_function, norm_eps=c.layer_norm_epsilon, n_positions=c.n_positions,
-                     max_seq_len=2 ** 31 - 1,  # the cache may be wider (pads' scratch slots); positions end at n_positions
+                     # the cache may be wider (pads' scratch slots); positions end at n_positions
+                     max_seq_len=2 ** 31 - 1,
                      scale_attn_weights=bool(c.scale_attn_weights),
                      scale_attn_by_inverse_layer_idx=bool(c.scale_attn_by_inverse_layer_idx),
                      tie_embeddings=head is wte, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
