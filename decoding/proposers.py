@@ -41,13 +41,21 @@ class DraftProposer(Proposer):
 
     def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int]:
         """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real) and
-        the room left for guesses."""
+        the room left for guesses. Rows that miss fewer than W tokens (one row took a whole draft and
+        its bonus, another did not) are rolled back to re-read their last ones, so every row feeds W
+        real tokens and the step needs no mask (the compiled step takes it): the draft only guesses,
+        so re-reading a token changes no output."""
         have = self.cache.lengths.long()
-        missing = torch.where(running, self.setup.lengths + state.emitted - have, 0)  # (B,)
-        probe = [missing.max(), torch.where(running, missing, -1).min(), running.all()]
+        kept = self.setup.lengths + state.emitted  # (B,) real tokens each row holds
+        missing = torch.where(running, kept - have, 0)  # (B,)
+        probe = [missing.max(), torch.where(running, missing, -1).min(), running.all(), kept.min()]
         if self.clamped:
             probe.append(have.max())
-        W, low, all_running, *longest = torch.stack([t.long() for t in probe]).tolist()
+        W, low, all_running, fewest, *longest = torch.stack([t.long() for t in probe]).tolist()
+        self.all_running = bool(all_running)
+        if all_running and low < W <= fewest:  # every row has W real tokens to feed
+            self.cache.truncate(W - missing)
+            missing, low = torch.full_like(missing, W), W
         room = self.size - longest[0] - W + 1 if self.clamped else self.most
         end = state.T + state.emitted  # (B,) column after each row's last kept token
         w = torch.arange(W, device=end.device)
@@ -66,7 +74,7 @@ class DraftProposer(Proposer):
         if steps < 1:
             return _empty(state)  # a clamped cache is full: the target decodes alone
         self.before = self.cache.lengths.long() + (feed.shape[1] if mask is None else mask.sum(1))
-        mask_step = None if mask is None else running[:, None]  # no mask: every row runs
+        mask_step = None if self.all_running else running[:, None]  # finished rows take no slots
         tokens, probs = [], []
         for j in range(steps):
             state.count_forward(draft=True)

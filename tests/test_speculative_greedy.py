@@ -180,3 +180,28 @@ def test_yoco_target_rolls_back_within_its_window_ring():
     assert torch.equal(out.sequences, ref) and out.stats.tau > 1
     with pytest.raises(ValueError, match="`num_assistant_tokens=6` exceeds max_rollback=5"):
         decoding.generate(target, ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=6)
+
+
+def test_native_draft_steps_need_no_mask_once_rows_are_ragged():
+    """Batch 4, native target and draft, rows accepting different numbers of guesses: after the
+    left-padded prompt, every draft step that runs while all rows run takes no attention mask (rows
+    that missed fewer tokens re-read their last ones), so it can run the fixed-shape (compiled) step;
+    the output stays HF's greedy."""
+    hf_target = tiny("llama")
+    target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", 0.05))
+    ids, mask = left_pad(ROWS)
+    ref = hf_greedy(hf_target, ids, mask, N, eos_token_id=None)
+    masks = []
+    forward = draft.forward
+
+    def recording(input_ids, cache, **kw):
+        masks.append(kw.get("attention_mask"))
+        return forward(input_ids, cache, **kw)
+    draft.forward = recording
+    out = decoding.generate(target, ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=3,
+                            max_new_tokens=N, eos_token_id=None, **EXACT)
+    assert torch.equal(out.sequences, ref)
+    assert masks[0] is not None  # the left-padded prompt
+    assert all(m is None for m in masks[1:])  # no row finishes before the last round (eos off)
+    accepted = out.stats.accept_rate_by_position
+    assert 0 < accepted[0] < 1 and accepted[-1] < 1  # some rows rejected early, some took more: ragged
