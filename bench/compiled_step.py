@@ -132,7 +132,8 @@ def main(argv=None) -> None:
                                  "loaded_not_built": loaded == "1"})
                     print(rows[-1], flush=True)
     info = machine()
-    md = ["# Compiled CPU step vs eager step", "", f"torch {info['torch']}, python {info['python']}, 1 thread; "
+    md = ["# Compiled CPU step (weights as inputs, frozen) vs eager step", "",
+          f"{info['device']}, torch {info['torch']}, python {info['python']}, 1 thread; "
           f"`python -m bench.compiled_step {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
           markdown_table(rows, list(rows[0])), ""]
     write_results(Path(args.out), "compiled_step", {"machine": info, "rows": rows}, "\n".join(md))

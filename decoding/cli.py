@@ -167,7 +167,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--tensor-parallel", action="store_true", help="shard the model over the processes of torchrun "
                    "(torchrun --nproc-per-node N -m decoding generate --tensor-parallel ...); rank 0 prints")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one for models under 50M "
-                   "parameters, else torch's default)")
+                   "parameters that run eagerly, else torch's default)")
     g = p.add_argument_group("prompt and length")
     add_prompt_args(g)
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")

@@ -142,12 +142,15 @@ def load_tokenizer(path, model_dir, model):
 
 
 def use_threads(threads: int, model, device) -> None:
-    """--threads N, else one thread for a small model on CPU: its step is per-op overhead, and a
-    second thread only adds synchronisation."""
+    """--threads N, else one thread for a small model on CPU whose steps run eagerly: its step is
+    per-op overhead, and a second thread only adds synchronisation. A compiled step (one C++ call)
+    uses every thread: the shipped target's greedy decode ran 1.7x faster on 2 threads than on 1."""
     import torch
+    from models.compiled_cpu import runs_compiled
     if threads:
         torch.set_num_threads(threads)
-    elif device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+    elif device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL \
+            and not runs_compiled(model):
         torch.set_num_threads(1)
 
 

@@ -78,6 +78,15 @@ def wanted(model, cache) -> bool:
     return on is True or model.dtype in AUTO_DTYPES
 
 
+def runs_compiled(model) -> bool:
+    """Will `model`'s CPU decode steps under generate() (no-grad) run the compiled step (a native
+    model, switch and rule agreeing)? False for any other model (the HF adapter runs eagerly)."""
+    if getattr(model, "compile_step", False) is False or not hasattr(model, "static_logits"):
+        return False
+    with torch.no_grad():
+        return wanted(model, None)
+
+
 def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])

@@ -199,3 +199,22 @@ def test_bench_verb_without_the_bench_package(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "bench.__main__", raising=False)
     assert cli.main(["bench"]) == 1
     assert "bench/ scripts, which cannot be imported here" in capsys.readouterr().err
+
+
+def test_threads_one_for_small_eager_models_all_for_the_compiled_step(monkeypatch):
+    """The CLI's default threads: a small model whose steps run eagerly gets one; a native fp32
+    model whose steps run the compiled step (the switch and rule of models/compiled_cpu.py) keeps
+    torch's default; an HF model through the adapter runs eagerly."""
+    from decoding.cli_common import use_threads
+    from hf_tiny import tiny
+    monkeypatch.delenv("DECODING_COMPILE", raising=False)
+    def native(switch=None, dtype=torch.float32):
+        model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2)).to(dtype)
+        model.compile_step = switch
+        return model
+    cases = [(native(), False), (native(switch=False), True), (native(dtype=torch.float16), True),
+             (tiny("llama"), True)]
+    for model, one in cases:
+        torch.set_num_threads(2)
+        use_threads(0, model, torch.device("cpu"))
+        assert (torch.get_num_threads() == 1) == one, (type(model).__name__, model.dtype)
