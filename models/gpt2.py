@@ -202,12 +202,7 @@ class GPT2Decoder(NativeDecoder):
             logits = self.run_step(input_ids, cache, logits_to_keep)
             if logits is not None:
                 return logits
-        exact = cache.exact
-        if attention_mask is None:  # decode and verify steps: every token real, appended at each row's end
-            valid, (slots, _) = None, cache.append_slots(T)  # raises on overflow before any work
-        else:
-            valid = attention_mask.bool()
-            slots = cache.slots_for(valid)  # raises on overflow before any work
+        slots, valid, exact = self.new_slots(T, cache, attention_mask)  # raises on overflow before any work
         if positions is None:
             # no stored pads: a real token's slot is its position; a pad's (a scratch slot, which may
             # lie past the table) is 0, as HF's masked_fill; its output is never read

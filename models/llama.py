@@ -153,12 +153,7 @@ class LlamaDecoder(NativeDecoder):
             logits = self.run_step(input_ids, cache, logits_to_keep)
             if logits is not None:
                 return logits
-        exact = cache.exact
-        if attention_mask is None:  # decode and verify steps: every token real, appended at each row's end
-            valid, (slots, _) = None, cache.append_slots(T)  # raises on overflow before any work
-        else:
-            valid = attention_mask.bool()
-            slots = cache.slots_for(valid)  # raises on overflow before any work
+        slots, valid, exact = self.new_slots(T, cache, attention_mask)  # raises on overflow before any work
         x = self.embed_ids(input_ids)  # the ids' range check: before the cache changes
         cache.advance(T if valid is None else valid.sum(1))
         # keys up to the longest row's bound (no read-back); exact: no mask needed for one query

@@ -106,6 +106,17 @@ class NativeDecoder(nn.Module):
         if input_ids.is_cuda:  # an out-of-range id is a fatal device assert there: check first (one read-back)
             check_input_ids(input_ids, self.vocab_size)
 
+    @staticmethod
+    def new_slots(T: int, cache, attention_mask) -> tuple[Tensor, Tensor | None, bool]:
+        """An eager forward's layout: the slots (B, T) its tokens go to, their real-token mask (None:
+        all real) and whether the cache's length bound was exact before them. Raises on overflow
+        before any work."""
+        exact = cache.exact
+        if attention_mask is None:  # decode and verify steps: every token real, appended at each row's end
+            return cache.append_slots(T)[0], None, exact
+        valid = attention_mask.bool()
+        return cache.slots_for(valid), valid, exact
+
     def embed_ids(self, input_ids: Tensor) -> Tensor:
         """Embeddings (B, T, dim). Call before changing the cache: on CPU the lookup is the range
         check (no read-back), and a bad id gets the protocol's error."""

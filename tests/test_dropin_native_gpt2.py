@@ -9,26 +9,16 @@ import transformers
 
 import decoding
 import decoding.hf
+from dropin_checks import (KW, ROWS, beam_equals_hf_with_scores, record_targets, same_seed_same_samples,
+                          weight_changes_are_seen)
 from hf_tiny import left_pad, tiny
 from models import hf_native
 from models.compiled import static_forward
 from models.gpt2 import GPT2Decoder
-from models.native import NativeDecoder
-
-ROWS = [[5, 17, 23, 8, 41, 9, 77, 3], [11, 4, 90], [6, 55, 21, 19, 30]]
-KW = dict(max_new_tokens=12, do_sample=False)
-
 
 @pytest.fixture
 def targets(monkeypatch):
-    """The model each engine call ran on: 'native' or 'adapter'."""
-    seen, engine = [], decoding.hf.engine_generate
-
-    def spy(model, *args, **kwargs):
-        seen.append("native" if isinstance(model, NativeDecoder) else "adapter")
-        return engine(model, *args, **kwargs)
-    monkeypatch.setattr(decoding.hf, "engine_generate", spy)
-    return seen
+    return record_targets(monkeypatch)
 
 
 def gpt2(**overrides):
@@ -98,29 +88,13 @@ def test_masks_with_holes(targets):
 
 def test_beam_equals_hf_with_scores(targets):
     model, oracle = installed()
-    ids, mask = left_pad(ROWS)
-    kw = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, length_penalty=0.7, do_sample=False)
-    ref = oracle.generate(ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True, **kw)
-    assert torch.equal(model.generate(ids, attention_mask=mask, **kw), ref.sequences)
+    beam_equals_hf_with_scores(model, oracle, ROWS)
     assert targets == ["native"]
-    # the scores, from the engine on the same native decoder (the drop-in sends return_dict_in_generate
-    # calls to the adapter: HF's output object carries HF's cache)
-    out = decoding.generate(hf_native.native_for(model), ids, attention_mask=mask, output_scores=True, **kw)
-    assert torch.equal(out.sequences, ref.sequences)
-    torch.testing.assert_close(out.sequences_scores, ref.sequences_scores, rtol=1e-5, atol=1e-5)
-    assert len(out.scores) == len(ref.scores)
-    for a, b in zip(out.scores, ref.scores):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_sampling_same_seed_same_draws_as_hf(targets):
     model, oracle = installed()
-    ids, mask = left_pad(ROWS)
-    kw = dict(do_sample=True, top_k=10, top_p=0.9, temperature=0.7, num_return_sequences=2, max_new_tokens=10)
-    torch.manual_seed(7)
-    out = model.generate(ids, attention_mask=mask, **kw)
-    torch.manual_seed(7)
-    assert torch.equal(out, oracle.generate(ids, attention_mask=mask, **kw))
+    same_seed_same_samples(model, oracle, ROWS)
     assert targets == ["native"]
 
 
@@ -158,21 +132,7 @@ def test_one_copy_of_the_weights_and_hf_keeps_working(tmp_path):
 
 def test_weight_changes_after_install_are_seen(targets):
     model, oracle = installed()
-    ids, mask = left_pad(ROWS)
-    model.generate(ids, attention_mask=mask, **KW)  # builds the native decoder
-    for m in (model, oracle):  # fine-tuning: one SGD step, in place
-        opt = torch.optim.SGD(m.parameters(), lr=1.0)
-        m(ids, attention_mask=mask, labels=ids).loss.backward()
-        opt.step()
-    assert torch.equal(model.generate(ids, attention_mask=mask, **KW), oracle.generate(ids, attention_mask=mask, **KW))
-    with torch.no_grad():  # a weight re-pointed at new storage, and a dtype change: rebuilt
-        for m in (model, oracle):
-            m.transformer.h[1].mlp.c_fc.weight.data = m.transformer.h[1].mlp.c_fc.weight.data * 3.0
-    assert torch.equal(model.generate(ids, attention_mask=mask, **KW), oracle.generate(ids, attention_mask=mask, **KW))
-    model.to(torch.float64)
-    oracle.to(torch.float64)
-    assert torch.equal(model.generate(ids, attention_mask=mask, **KW), oracle.generate(ids, attention_mask=mask, **KW))
-    assert hf_native.native_for(model).dtype == torch.float64
+    weight_changes_are_seen(model, oracle, ROWS, KW, lambda m: m.transformer.h[1].mlp.c_fc)
     assert targets == ["native"] * 4
 
 
