@@ -39,9 +39,9 @@ class DraftProposer(Proposer):
         self.size, self.clamped = cache_size(self.model, setup.ids.shape[1], setup.max_new, self.most)
         self.cache = self.model.new_cache(setup.ids.shape[0], self.size)
 
-    def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int]:
-        """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real) and
-        the room left for guesses. Rows that miss fewer than W tokens (one row took a whole draft and
+    def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int, bool]:
+        """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real), the
+        room left for guesses and whether every row runs. Rows that miss fewer than W tokens (one row took a whole draft and
         its bonus, another did not) are rolled back to re-read their last ones, so every row feeds W
         real tokens and the step needs no mask (the compiled step takes it): the draft only guesses,
         so re-reading a token changes no output."""
@@ -52,7 +52,6 @@ class DraftProposer(Proposer):
         if self.clamped:
             probe.append(have.max())
         W, low, all_running, fewest, *longest = torch.stack([t.long() for t in probe]).tolist()
-        self.all_running = bool(all_running)
         if all_running and low < W <= fewest:  # every row has W real tokens to feed
             self.cache.truncate(W - missing)
             missing, low = torch.full_like(missing, W), W
@@ -62,19 +61,19 @@ class DraftProposer(Proposer):
         cols = (end[:, None] - W + w).clamp(min=0)
         real = (w >= W - missing[:, None]) & running[:, None]
         feed = state.sequences.gather(1, cols).masked_fill(~real, 0)
-        return feed, None if (low == W and all_running) else real, room
+        return feed, None if (low == W and all_running) else real, room, bool(all_running)
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
         if k == 0:
             return _empty(state)  # the draft lags; it catches up next time
         s = self.setup
         running = ~state.finished
-        feed, mask, room = self._unseen(state, running)
+        feed, mask, room, all_running = self._unseen(state, running)
         steps = min(k, room)
         if steps < 1:
             return _empty(state)  # a clamped cache is full: the target decodes alone
         self.before = self.cache.lengths.long() + (feed.shape[1] if mask is None else mask.sum(1))
-        mask_step = None if self.all_running else running[:, None]  # finished rows take no slots
+        mask_step = None if all_running else running[:, None]  # finished rows take no slots
         tokens, probs = [], []
         for j in range(steps):
             state.count_forward(draft=True)

@@ -5,8 +5,7 @@ one C++ library, so a step is a single call with no Python per op (the CPU's CUD
 One library serves every batch size, cache capacity and step width T <= MAX_TOKENS (dynamic
 dimensions). Two kinds, by `model.compile_frozen`:
 - frozen (the native models' default): the weights are constants of the library, prepacked at
-  build time for inductor's C++ GEMM micro-kernels, chosen per matrix against MKL by timing
-  (max-autotune). Faster than MKL at the small row counts of decoding (batch x T <= 16 rows) on
+  build time for inductor's C++ GEMM micro-kernels (FROZEN_CONFIG). Faster than MKL at the small row counts of decoding (batch x T <= 16 rows) on
   the CPUs measured, most at T = k + 1 (verify) and beam widths. The library holds its own copy of
   the weights (memory: + the model's weights), is built per weight values, and is dropped when a
   weight changes in place or is replaced (checked before every step: ids and version counters).

@@ -186,12 +186,6 @@ class GPT2Decoder(NativeDecoder):
     def max_positions(self) -> int:
         return self.config.n_positions  # the position table ends there
 
-    def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
-        self.check_cache_len(max_len)
-        c = self.config
-        return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
-                           dtype=dtype or self.dtype, device=device or self.device)
-
     def forward(self, input_ids: Tensor, cache: StaticCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).

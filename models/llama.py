@@ -137,12 +137,6 @@ class LlamaDecoder(NativeDecoder):
         self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.cache_heads = cfg.n_kv_heads  # KV heads this process caches (its own on a tensor-parallel rank)
 
-    def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
-        self.check_cache_len(max_len)
-        c = self.config
-        return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
-                           dtype=dtype or self.dtype, device=device or self.device)
-
     def forward(self, input_ids: Tensor, cache: StaticCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).

@@ -15,11 +15,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .cache import StaticCache
 from .protocol import check_input_ids, special_tokens
 
 
 class NativeDecoder(nn.Module):
-    """Subclasses define `cache_type`, `static_logits(input_ids, cache)` (the fixed-shape step:
+    """Subclasses define `cache_type`, `cache_heads`, `static_logits(input_ids, cache)` (the fixed-shape step:
     writes the new K/V, leaves the lengths to the caller) and `hidden_train`."""
     cache_type: type  # the cache class new_cache() returns
     cuda_graphs = False  # fixed-shape steps replay CUDA graphs on GPU
@@ -66,6 +67,13 @@ class NativeDecoder(nn.Module):
     @property
     def generation_defaults(self) -> dict:
         return special_tokens(self.config)
+
+    def new_cache(self, batch_size: int, max_len: int, *, dtype=None, device=None) -> StaticCache:
+        """A StaticCache of this model's layers and cached KV heads (YOCO overrides it with its own)."""
+        self.check_cache_len(max_len)
+        c = self.config
+        return StaticCache(c.n_layers, batch_size, self.cache_heads, max_len, c.head_dim,
+                           dtype=dtype or self.dtype, device=device or self.device)
 
     def check_cache_len(self, max_len: int) -> None:
         """new_cache's bound: no row may outgrow the positions the model has."""
