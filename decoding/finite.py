@@ -12,28 +12,40 @@ class NonFiniteLogitsError(RuntimeError):
 
 
 class Guard:
-    """Rows are HF's layout: prompt b's `per` sequences (or beams) at rows b*per .. b*per+per-1."""
+    """Rows are HF's layout: prompt b's `per` sequences (or beams) at rows b*per .. b*per+per-1.
 
-    def __init__(self, rows: int, device, per: int = 1, what: str = "sequence"):
-        self.first = torch.full((rows,), -1, dtype=torch.long, device=device)  # first bad step per row
+    Each step keeps only its rows' maxima: NaN and +inf survive a max (-inf does not matter), so a
+    row went bad at a step exactly when that maximum is not below +inf. One reduction per step
+    instead of a pass over (rows, V) plus bookkeeping; where and when is worked out once, on error."""
+
+    def __init__(self, rows: int, steps: int, device, per: int = 1, what: str = "sequence"):
+        self.rows, self.steps, self.device = rows, steps, device
+        self.maxima: Tensor | None = None  # (steps, rows), in the logits' dtype
+        self.ran = 0  # steps checked
         self.per, self.what = per, what
 
     @classmethod
     def of(cls, cfg, rows: int, device, per: int = 1, what: str = "sequence") -> "Guard | None":
-        return None if cfg.remove_invalid_values else cls(rows, device, per, what)
+        return None if cfg.remove_invalid_values else cls(rows, cfg.max_new_tokens, device, per, what)
 
     def check(self, logits: Tensor, step: int) -> Tensor:
         """logits (R, V) of this step; returns a 0-dim bool: some row has gone bad (no sync)."""
-        bad = ~(logits < float("inf")).all(-1)  # NaN and +inf both fail `< inf`
-        self.first = torch.where(bad & (self.first < 0), step, self.first)
-        return (self.first >= 0).any()
+        if self.maxima is None:
+            self.maxima = torch.empty(self.steps, self.rows, dtype=logits.dtype, device=self.device)
+        row_max = torch.amax(logits, -1, out=self.maxima[step])
+        self.ran = max(self.ran, step + 1)
+        return ~(row_max < float("inf")).all()
 
     def raise_if_bad(self) -> None:
-        if bool((self.first >= 0).any()):
-            row = int((self.first >= 0).int().argmax())
+        if self.maxima is None:
+            return
+        bad = ~(self.maxima[:self.ran] < float("inf"))  # (steps, rows)
+        if bool(bad.any()):
+            row = int(bad.any(0).int().argmax())
+            step = int(bad[:, row].int().argmax())
             prompt, j = divmod(row, self.per)
             where = f"prompt {prompt}" + (f", {self.what} {j}" if self.per > 1 else "")
             raise NonFiniteLogitsError(
-                f"the model's logits hold NaN or inf at generation step {int(self.first[row])} ({where}): a "
+                f"the model's logits hold NaN or inf at generation step {step} ({where}): a "
                 "broken checkpoint or an overflow (try float32 / bfloat16); pass remove_invalid_values=True to "
                 "replace them as Hugging Face does")

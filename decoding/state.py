@@ -36,6 +36,7 @@ class DecodeState:
         self.sequences[:, :T] = prompt
         self.prompt_mask = prompt_mask  # (B, T) bool, None = no pads
         self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=device) if eos_token_id else None
+        self.eos_id = int(eos_token_id[0]) if eos_token_id else None  # one eos: compared as a host int
         # HF replaces finished rows' tokens by pad only when an eos criterion exists
         self.pad_finished = self.eos is not None and pad_token_id is not None
         self.stop, self.streamer = stop, streamer
@@ -45,6 +46,7 @@ class DecodeState:
         self.ragged = False  # set by the first multi-token append: rows may differ in length
         self.row_forwards = torch.zeros(B, dtype=torch.long, device=device)
         self.target_forwards = 0
+        self.lockstep = False  # forwards counted by count_forward(lockstep=True)
         self.draft_forwards = 0
         self.accepted = torch.zeros(0, dtype=torch.long, device=device)  # per draft position (speculative)
         self.proposed = torch.zeros(0, dtype=torch.long, device=device)
@@ -76,13 +78,18 @@ class DecodeState:
         return int(self.emitted.max()) if self.ragged else self.steps
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def count_forward(self, draft: bool = False) -> None:
-        """Call once per model forward; a target forward counts for each running row (tau)."""
+    def count_forward(self, draft: bool = False, lockstep: bool = False) -> None:
+        """Call once per model forward; a target forward counts for each running row (tau).
+        lockstep: a forward whose running rows each get exactly one token from append_one, so its
+        row count is what `emitted` gains (tau 1), added at stats() instead of per step."""
         if draft:
             self.draft_forwards += 1
         else:
             self.target_forwards += 1
-            self.row_forwards += ~self.finished
+            if lockstep:
+                self.lockstep = True
+            else:
+                self.row_forwards += ~self.finished
 
     def count_acceptance(self, accepted: Tensor, k: int) -> None:
         """Speculative statistics: each running row proposed k drafts and accepted its first
@@ -114,14 +121,16 @@ class DecodeState:
         """Lockstep: one token per row. Returns the tokens to feed next (pad for finished rows)."""
         if self.pad_finished:
             tokens = tokens.masked_fill(self.finished, self.pad)
-        self.sequences[:, self.T + self.steps] = tokens
+        self.sequences.select(1, self.T + self.steps).copy_(tokens)
         running = ~self.finished
-        done = self.steps + 1 >= self.max_new
-        stop_now = torch.ones_like(running) if done else self._is_eos(tokens)
-        if self.stop is not None and not done:
-            stop_now = stop_now | (self._first_stop_string(tokens[:, None], running.long()) == 0)
+        if self.steps + 1 >= self.max_new:
+            self.finished.fill_(True)
+        elif self.eos is not None or self.stop is not None:  # else no row can stop here: no ops
+            stop_now = self._is_eos(tokens)
+            if self.stop is not None:
+                stop_now = stop_now | (self._first_stop_string(tokens[:, None], running.long()) == 0)
+            self.finished |= stop_now
         self.emitted += running
-        self.finished |= stop_now
         self.steps += 1
         if self.seen is not None:  # HF penalises the pads fed to finished rows too
             if self.pad is None or self.pad < self.seen.shape[1]:
@@ -164,7 +173,7 @@ class DecodeState:
         if self.eos is None:
             return torch.zeros_like(tokens, dtype=torch.bool)
         if self.eos.numel() == 1:
-            return tokens == self.eos[0]
+            return tokens == self.eos_id
         return torch.isin(tokens, self.eos)
 
     def _stream(self, tokens: Tensor, kept: Tensor) -> None:
@@ -204,7 +213,7 @@ class DecodeState:
     # -- the result ------------------------------------------------------------------------------
     def stats(self) -> GenerationStats:
         new = int(self.emitted.sum())
-        row_forwards = int(self.row_forwards.sum())
+        row_forwards = int(self.row_forwards.sum()) + (new if self.lockstep else 0)
         rates = [a / p if p else 0.0 for a, p in zip(self.accepted.tolist(), self.proposed.tolist())]
         return GenerationStats(new_tokens=new, target_forwards=self.target_forwards,
                                draft_forwards=self.draft_forwards,

@@ -23,7 +23,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     scores_out = [] if cfg.output_scores else None
 
     cache = model.new_cache(prompt.batch_size, prompt.max_len + cfg.max_new_tokens)
-    state.count_forward()
+    state.count_forward(lockstep=True)
     logits = model(prompt.ids, cache, attention_mask=prompt.mask, logits_to_keep=1)  # (B, 1, V)
     if n > 1:  # one prefill per prompt, then fan the cache out (rows b*n .. b*n+n-1, HF's layout)
         cache.repeat(n)
@@ -45,7 +45,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
             break
         if not feed_pad:
             tokens = tokens.masked_fill(state.finished, 0)
-        state.count_forward()
+        state.count_forward(lockstep=True)
         logits = model(tokens[:, None], cache)
     if guard is not None:
         guard.raise_if_bad()
