@@ -15,10 +15,11 @@ from .attention import AttentionBatch
 from .rope import rope_cos_sin
 
 
-def llama_static_logits(model, input_ids: Tensor, cache) -> Tensor:
+def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
     """LlamaDecoder's fixed-shape step: logits (B, T, V) of T real tokens per row appended at each
-    row's length. Writes their K/V; the caller advances the lengths. No checks, no syncs: the caller
-    guarantees ids in range and lengths + T <= capacity."""
+    row's length (hidden=True: and the final-norm hidden states (B, T, dim)). Writes their K/V; the
+    caller advances the lengths. No checks, no syncs: the caller guarantees ids in range and
+    lengths + T <= capacity."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
     batch = AttentionBatch.static(slots, cache.lengths + T, cache.capacity)
@@ -26,7 +27,8 @@ def llama_static_logits(model, input_ids: Tensor, cache) -> Tensor:
     x = model.embed(input_ids)
     for layer in model.layers:
         x = layer(x, cos, sin, cache, batch)
-    return model.lm_head(model.norm(x))
+    h = model.norm(x)
+    return (model.lm_head(h), h) if hidden else model.lm_head(h)
 
 
 def static_forward(model, input_ids: Tensor, cache) -> Tensor:

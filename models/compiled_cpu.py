@@ -1,6 +1,8 @@
 """The compiled CPU step: a native model's fixed-shape decode/verify step (`model.static_logits`,
 models/compiled.py) exported once with torch.export and compiled ahead of time by AOTInductor into
-one C++ library, so a step is a single call with no Python per op (the CPU's CUDA graph).
+one C++ library, so a step is a single call with no Python per op (the CPU's CUDA graph). It returns
+the logits and the final-norm hidden states, so blockwise decoding's verify (whose heads read them)
+runs through it too.
 
 One library serves every batch size, cache capacity and step width T <= MAX_TOKENS (dynamic
 dimensions). Two kinds, by `model.compile_frozen`:
@@ -53,6 +55,9 @@ _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "
 FROZEN_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP",
                  "autotune_fallback_to_aten": True, "autotune_num_choices_displayed": 0,
                  "max_autotune_report_choices_stats": False}
+# both kinds: no debug line tables in the C++ (-g1 doubled the kernel file's compile: 3.2 -> 6.3 s
+# for the shipped target, the wrapper's 7.8 -> 10.0 s; the code is the same)
+BUILD_CONFIG = {"aot_inductor.enable_line_tables": False}
 _failed: set[str] = set()  # keys whose compile failed in this process: eager from then on
 _registered = [0]  # parameters registered on any module since import (a replaced weight)
 
@@ -129,8 +134,8 @@ class _Step(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, cache) -> Tensor:
-        return self.model.static_logits(input_ids, cache)
+    def forward(self, input_ids: Tensor, cache) -> tuple[Tensor, Tensor]:
+        return self.model.static_logits(input_ids, cache, hidden=True)
 
 
 class _Exported(nn.Module):
@@ -155,8 +160,8 @@ class _Frozen(nn.Module):
         super().__init__()
         self.model, self.template = model, template
 
-    def forward(self, input_ids: Tensor, state: list[Tensor]) -> Tensor:
-        return self.model.static_logits(input_ids, self.template.from_state(state))
+    def forward(self, input_ids: Tensor, state: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return self.model.static_logits(input_ids, self.template.from_state(state), hidden=True)
 
 
 class CompiledStep:
@@ -183,8 +188,9 @@ class CompiledStep:
             self.registered = _registered[0]
         return not self.frozen or _stamp(self.weights) == self.stamp
 
-    def __call__(self, input_ids: Tensor, cache) -> Tensor | None:
-        """Logits (B, T, V) with the cache advanced, or None where the library is unavailable."""
+    def __call__(self, input_ids: Tensor, cache) -> tuple[Tensor, Tensor] | None:
+        """(logits (B, T, V), final-norm hidden states (B, T, dim)) with the cache advanced, or None
+        where the library is unavailable."""
         if self.run is None and (self.unavailable or not self._load(cache)):
             self.unavailable = True
             return None
@@ -192,12 +198,12 @@ class CompiledStep:
         cache.reserve(T)  # raises on overflow; reads the lengths back only near the capacity
         ids = input_ids.long().contiguous()
         try:
-            logits = self.run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])[0]
+            logits, hidden = self.run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])
         except RuntimeError:
             check_input_ids(input_ids, self.model.vocab_size)  # a bad id: the protocol's error
             raise
         cache.advance(T)
-        return logits
+        return logits, hidden
 
     # -- build / load ---------------------------------------------------------------------------
     def _load(self, cache) -> bool:
@@ -241,17 +247,18 @@ class CompiledStep:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
             if self.frozen:
-                from torch._inductor import config as inductor_config
                 ep = torch.export.export(_Frozen(model, example), (ids, example.step_state()),
                                          dynamic_shapes=({0: B, 1: T}, state_dims), strict=False)
-                known = inductor_config.get_config_copy()
-                configs = {k: v for k, v in FROZEN_CONFIG.items() if k in known}
+                configs = FROZEN_CONFIG
             else:
                 ep = torch.export.export(_Exported(model, self.names, example),
                                          (ids, [w.detach() for w in self.weights], example.step_state()),
                                          dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
                                          strict=False)
                 configs = {}
+            from torch._inductor import config as inductor_config
+            known = inductor_config.get_config_copy()  # configs an older torch lacks are left out
+            configs = {k: v for k, v in {**BUILD_CONFIG, **configs}.items() if k in known}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
             torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)

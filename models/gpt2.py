@@ -149,17 +149,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def gpt2_static_logits(model, input_ids: Tensor, cache) -> Tensor:
+def gpt2_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
     """GPT2Decoder's fixed-shape step (models/compiled.py): logits (B, T, V) of T real tokens per
-    row appended at each row's length, which are also their positions. Writes their K/V; the caller
-    advances the lengths. No checks, no syncs."""
+    row appended at each row's length, which are also their positions (hidden=True: and the ln_f
+    hidden states). Writes their K/V; the caller advances the lengths. No checks, no syncs."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
     batch = AttentionBatch.static(slots, cache.lengths + T, cache.capacity)
     x = model.embed(input_ids) + model.wpe(slots)
     for layer in model.layers:
         x = layer(x, cache, batch)
-    return model.lm_head(model.ln_f(x))
+    h = model.ln_f(x)
+    return (model.lm_head(h), h) if hidden else model.lm_head(h)
 
 
 class GPT2Decoder(NativeDecoder):
@@ -193,9 +194,9 @@ class GPT2Decoder(NativeDecoder):
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
         T = input_ids.shape[1]
         if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
-            logits = self.run_step(input_ids, cache, logits_to_keep)
-            if logits is not None:
-                return logits
+            out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
+            if out is not None:
+                return out
         slots, valid, exact = self.new_slots(T, cache, attention_mask)  # raises on overflow before any work
         if positions is None:
             # no stored pads: a real token's slot is its position; a pad's (a scratch slot, which may
@@ -220,8 +221,8 @@ class GPT2Decoder(NativeDecoder):
             raise ValueError(f"positions must lie in [0, {self.config.n_positions}) (the model's n_positions); "
                              "shorten the prompt or max_new_tokens") from None
 
-    def static_logits(self, input_ids: Tensor, cache: StaticCache) -> Tensor:
-        return gpt2_static_logits(self, input_ids, cache)
+    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False):
+        return gpt2_static_logits(self, input_ids, cache, hidden)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """ln_f hidden states (B, T, dim) of a full causal pass, no cache."""

@@ -144,9 +144,9 @@ class LlamaDecoder(NativeDecoder):
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
         T = input_ids.shape[1]
         if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
-            logits = self.run_step(input_ids, cache, logits_to_keep)
-            if logits is not None:
-                return logits
+            out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
+            if out is not None:
+                return out
         slots, valid, exact = self.new_slots(T, cache, attention_mask)  # raises on overflow before any work
         x = self.embed_ids(input_ids)  # the ids' range check: before the cache changes
         cache.advance(T if valid is None else valid.sum(1))
@@ -164,8 +164,8 @@ class LlamaDecoder(NativeDecoder):
 
     __call__ = nn.Module.__call__
 
-    def static_logits(self, input_ids: Tensor, cache: StaticCache) -> Tensor:
-        return llama_static_logits(self, input_ids, cache)
+    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False):
+        return llama_static_logits(self, input_ids, cache, hidden)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""

@@ -135,17 +135,18 @@ class NativeDecoder(nn.Module):
             raise
 
     def fixed_step(self, input_ids: Tensor, cache, attention_mask, positions, return_hidden: bool) -> bool:
-        """True when this forward is a decode/verify step the fixed-shape path runs."""
-        return (attention_mask is None and positions is None and not return_hidden
-                and input_ids.shape[1] <= self.step_max_tokens)
+        """True when this forward is a decode/verify step the fixed-shape path may run."""
+        return attention_mask is None and positions is None and input_ids.shape[1] <= self.step_max_tokens
 
-    def run_step(self, input_ids: Tensor, cache, logits_to_keep: int) -> Tensor | None:
-        """Logits of a fixed-shape step through CUDA graphs or the compiled CPU step; None when
-        neither applies here (then the caller runs eagerly)."""
+    def run_step(self, input_ids: Tensor, cache, logits_to_keep: int, return_hidden: bool = False):
+        """Logits (return_hidden: and final-norm hidden states) of a fixed-shape step through CUDA
+        graphs or the compiled CPU step; None when neither applies here (then the caller runs eagerly)."""
+        hidden = None
         if input_ids.is_cuda:
             from .compiled import GraphedStep
-            if not self.cuda_graphs or (not cache.longest and cache.sync_longest() == 0):
-                return None  # a prompt into an empty cache: not worth a graph
+            # eager: a prompt into an empty cache (not worth a graph), hidden states (no graph keeps them)
+            if return_hidden or not self.cuda_graphs or (not cache.longest and cache.sync_longest() == 0):
+                return None
             cache.reserve(input_ids.shape[1])  # raises on overflow
             if self._graphed is None:
                 self._graphed = GraphedStep(self)
@@ -156,12 +157,15 @@ class NativeDecoder(nn.Module):
                 return None
             if self._compiled is None or not self._compiled.matches(self):
                 self._compiled = compiled_cpu.CompiledStep(self)
-            logits = self._compiled(input_ids, cache)
-            if logits is None:
+            out = self._compiled(input_ids, cache)
+            if out is None:
                 return None
+            logits, hidden = out
         else:
             return None
-        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+        if not return_hidden:
+            return logits[:, -logits_to_keep:] if logits_to_keep else logits
+        return (logits[:, -logits_to_keep:], hidden[:, -logits_to_keep:]) if logits_to_keep else (logits, hidden)
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

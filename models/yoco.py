@@ -201,9 +201,9 @@ class YOCODecoder(NativeDecoder):
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)), as LlamaDecoder."""
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
         if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
-            logits = self.run_step(input_ids, cache, logits_to_keep)
-            if logits is not None:
-                return logits
+            out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
+            if out is not None:
+                return out
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # Pack each row's real tokens to the front (stable), so token t of row b sits at slot len_b + t
@@ -260,9 +260,10 @@ class YOCODecoder(NativeDecoder):
             x = blk(x, cos, sin, attn)
         return self.norm(x)
 
-    def static_logits(self, input_ids: Tensor, cache: YOCOCache) -> Tensor:
+    def static_logits(self, input_ids: Tensor, cache: YOCOCache, hidden: bool = False):
         """The fixed-shape step (models/compiled.py): T real tokens per row at each row's length,
-        keys over the whole capacity; writes rings and K/V, the caller advances lengths and high."""
+        keys over the whole capacity (hidden=True: and the final-norm hidden states); writes rings
+        and K/V, the caller advances lengths and high."""
         T = input_ids.shape[1]
         start = cache.lengths
         n_new = torch.full_like(start, T)
@@ -271,7 +272,8 @@ class YOCODecoder(NativeDecoder):
         x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
                                torch.maximum(cache.high, start + T), slots, chunk=None)
         batch = AttentionBatch.static(slots, start + T, cache.capacity)
-        return self.lm_head(self._cross_decoder(x, cos, sin, cache, batch))
+        h = self._cross_decoder(x, cos, sin, cache, batch)
+        return (self.lm_head(h), h) if hidden else self.lm_head(h)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""

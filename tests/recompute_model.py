@@ -56,17 +56,33 @@ class RecomputeModel:
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache: HistoryCache, *, positions=None, attention_mask=None,
                 logits_to_keep: int = 0) -> Tensor:
+        return self._run(input_ids, cache, attention_mask, logits_to_keep, with_hidden=False)
+
+    @torch.no_grad()
+    def with_hidden(self, input_ids: Tensor, cache: HistoryCache) -> tuple[Tensor, Tensor]:
+        """(logits, final-norm hidden states) of T real tokens per row: what return_hidden=True gives.
+        Not a forward argument, so this wrapper still stands for a model without hidden states."""
+        return self._run(input_ids, cache, None, 0, with_hidden=True)
+
+    def _run(self, input_ids, cache, attention_mask, logits_to_keep: int, with_hidden: bool):
         B, T = input_ids.shape
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         out = torch.zeros(B, T, self.vocab_size)
+        hidden = torch.zeros(B, T, self.config.dim) if with_hidden else None
         for b in range(B):
             new = input_ids[b][mask[b]].tolist()
             cache.rows[b].extend(new)
-            if not cache.rows[b]:
+            if not cache.rows[b] or not new:
                 continue
-            logits = self.model.forward_train(torch.tensor([cache.rows[b]]))[0, -len(new):] if new else None
-            if new:  # real tokens' logits go where those tokens sit in the padded block
-                out[b, mask[b]] = logits.float()
-        return out[:, -logits_to_keep:] if logits_to_keep else out
+            rows = torch.tensor([cache.rows[b]])
+            if with_hidden:  # the final-norm states proposal heads read, and the logits from them
+                h = self.model.hidden_train(rows)[0, -len(new):]
+                hidden[b, mask[b]] = h.float()
+                logits = self.model.lm_head(h)
+            else:
+                logits = self.model.forward_train(rows)[0, -len(new):]
+            out[b, mask[b]] = logits.float()  # real tokens' logits go where those tokens sit in the padded block
+        keep = (lambda t: t[:, -logits_to_keep:]) if logits_to_keep else (lambda t: t)
+        return (keep(out), keep(hidden)) if with_hidden else keep(out)
 
     __call__ = forward

@@ -39,9 +39,10 @@ def build(name: str, seed: int = 0):
     return model
 
 
-def script(model, step, *, check_eager: bool = False):
+def script(model, step, *, check_eager: bool = False, hidden: bool = False):
     """Prefill, STEPS, truncation CUT, two more steps; every step's logits against the float64 oracle
-    (and, with check_eager, against the eager forward on its own cache: same argmax, |diff| < 1e-5)."""
+    (and, with check_eager, against the eager forward on its own cache: same argmax, |diff| < 1e-5).
+    hidden: the step returns (logits, final-norm hidden states), both checked."""
     oracle = RecomputeModel(copy.deepcopy(model).double())
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, V, (3, 7), generator=g)
@@ -58,7 +59,10 @@ def script(model, step, *, check_eager: bool = False):
                         c.truncate(torch.tensor(CUT, dtype=torch.int32))
                 continue
             ids = torch.randint(0, V, (3, T), generator=g)
-            out, ref = step(ids, cache), oracle(ids, ocache)
+            out, ref = step(ids, cache), (oracle.with_hidden if hidden else oracle)(ids, ocache)
+            if hidden:
+                (out, h), (ref, ref_h) = out, ref
+                assert h.shape == ref_h.shape and torch.allclose(h, ref_h, atol=1e-4), (i, (h - ref_h).abs().max())
             assert out.shape == ref.shape
             assert torch.allclose(out, ref, atol=1e-4), (i, (out - ref).abs().max())
             assert torch.equal(out.argmax(-1), ref.argmax(-1))
@@ -139,6 +143,16 @@ def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir
         assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return out
     script(model, step, check_eager=True)
+
+    calls, run = [], cc.CompiledStep.__call__
+    monkeypatch.setattr(cc.CompiledStep, "__call__", lambda self, *a: calls.append(1) or run(self, *a))
+
+    def step_hidden(ids, c):  # blockwise's verify: logits and the hidden states its heads read
+        n = len(calls)
+        out = model(ids, c, return_hidden=True)
+        assert len(calls) == n + 1  # through the library, not the eager forward
+        return out
+    script(model, step_hidden, hidden=True)
 
 
 @pytest.mark.parametrize("change", ["in place", "replaced", "data"])
