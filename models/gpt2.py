@@ -193,7 +193,7 @@ class GPT2Decoder(NativeDecoder):
         return_hidden=True gives (logits, ln_f hidden (B, T', dim))."""
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
         T = input_ids.shape[1]
-        if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
+        if self.fixed_step(input_ids, attention_mask, positions):
             out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
             if out is not None:
                 return out

@@ -134,7 +134,7 @@ class NativeDecoder(nn.Module):
             check_input_ids(input_ids, self.vocab_size)  # raises the clear error
             raise
 
-    def fixed_step(self, input_ids: Tensor, cache, attention_mask, positions, return_hidden: bool) -> bool:
+    def fixed_step(self, input_ids: Tensor, attention_mask, positions) -> bool:
         """True when this forward is a decode/verify step the fixed-shape path may run."""
         return attention_mask is None and positions is None and input_ids.shape[1] <= self.step_max_tokens
 

@@ -200,7 +200,7 @@ class YOCODecoder(NativeDecoder):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)), as LlamaDecoder."""
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
-        if self.fixed_step(input_ids, cache, attention_mask, positions, return_hidden):
+        if self.fixed_step(input_ids, attention_mask, positions):
             out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
             if out is not None:
                 return out
