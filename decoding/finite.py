@@ -33,7 +33,7 @@ class Guard:
         if self.maxima is None:
             self.maxima = torch.empty(self.steps, self.rows, dtype=logits.dtype, device=self.device)
         row_max = torch.amax(logits, -1, out=self.maxima[step])
-        self.ran = max(self.ran, step + 1)
+        self.ran = step + 1
         return ~(row_max < float("inf")).all()
 
     def raise_if_bad(self) -> None:

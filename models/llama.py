@@ -141,12 +141,10 @@ class LlamaDecoder(NativeDecoder):
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)) for proposal heads."""
-        self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
+        out = self.checked_step(input_ids, cache, attention_mask, positions, logits_to_keep, return_hidden)
+        if out is not None:
+            return out
         T = input_ids.shape[1]
-        if self.fixed_step(input_ids, attention_mask, positions):
-            out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
-            if out is not None:
-                return out
         slots, valid, exact = self.new_slots(T, cache, attention_mask)  # raises on overflow before any work
         x = self.embed_ids(input_ids)  # the ids' range check: before the cache changes
         cache.advance(T if valid is None else valid.sum(1))

@@ -134,9 +134,15 @@ class NativeDecoder(nn.Module):
             check_input_ids(input_ids, self.vocab_size)  # raises the clear error
             raise
 
-    def fixed_step(self, input_ids: Tensor, attention_mask, positions) -> bool:
-        """True when this forward is a decode/verify step the fixed-shape path may run."""
-        return attention_mask is None and positions is None and input_ids.shape[1] <= self.step_max_tokens
+    def checked_step(self, input_ids: Tensor, cache, attention_mask, positions, logits_to_keep: int,
+                     return_hidden: bool):
+        """Every forward's start: the protocol's checks, then the output of the fixed-shape step
+        when this forward is one (no mask, no positions, at most step_max_tokens) and a compiled
+        step or CUDA graph runs it; None: the caller runs eagerly."""
+        self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
+        if attention_mask is None and positions is None and input_ids.shape[1] <= self.step_max_tokens:
+            return self.run_step(input_ids, cache, logits_to_keep, return_hidden)
+        return None
 
     def run_step(self, input_ids: Tensor, cache, logits_to_keep: int, return_hidden: bool = False):
         """Logits (return_hidden: and final-norm hidden states) of a fixed-shape step through CUDA

@@ -199,11 +199,9 @@ class YOCODecoder(NativeDecoder):
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0, return_hidden: bool = False):
         """Append the new tokens (real ones where attention_mask is 1) to `cache`; logits (B, T', V).
         return_hidden=True gives (logits, final-norm hidden (B, T', dim)), as LlamaDecoder."""
-        self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
-        if self.fixed_step(input_ids, attention_mask, positions):
-            out = self.run_step(input_ids, cache, logits_to_keep, return_hidden)
-            if out is not None:
-                return out
+        out = self.checked_step(input_ids, cache, attention_mask, positions, logits_to_keep, return_hidden)
+        if out is not None:
+            return out
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # Pack each row's real tokens to the front (stable), so token t of row b sits at slot len_b + t
