@@ -77,9 +77,10 @@ class DraftProposer(Proposer):
         tokens, probs = [], []
         for j in range(steps):
             state.count_forward(draft=True)
-            logits = self.model(feed, self.cache, attention_mask=mask, logits_to_keep=1)[:, -1, :s.vocab].float()
-            prefix = torch.stack(tokens, 1) if tokens else feed.new_zeros(feed.shape[0], 0)
-            scores = process(s.pipeline, state, logits, prefix, first=j)  # (B, V) as the target's
+            scores = self.model(feed, self.cache, attention_mask=mask, logits_to_keep=1)[:, -1, :s.vocab].float()
+            if s.pipeline.active:  # (B, V) processed as the target's, after the guesses so far
+                prefix = torch.stack(tokens, 1) if tokens else feed.new_zeros(feed.shape[0], 0)
+                scores = process(s.pipeline, state, scores, prefix, first=j)
             if s.do_sample:
                 q = scores.softmax(-1)  # (B, V) what the guess is drawn from
                 tokens.append(sampling.multinomial(q, s.generator))
@@ -106,7 +107,7 @@ class DraftProposer(Proposer):
         if rnd.draft.shape[1] == 0:
             return  # the draft did not run this round
         # fed guesses that ended up in the sequence: the accepted ones, up to where the row stopped
-        good = torch.minimum(torch.minimum(rnd.accepted, rnd.kept), torch.full_like(rnd.kept, self.fed))
+        good = torch.minimum(rnd.accepted.clamp(max=self.fed), rnd.kept)
         drop = torch.where(self.ran, self.cache.lengths.long() - (self.before + good), 0)
         self.cache.truncate(drop.clamp(min=0))
 

@@ -44,12 +44,12 @@ class DecodeState:
         self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # new tokens per row, eos included
         self.steps = 0  # lockstep appends so far (host)
         self.ragged = False  # set by the first multi-token append: rows may differ in length
-        self.row_forwards = torch.zeros(B, dtype=torch.long, device=device)
         self.target_forwards = 0
         self.lockstep = False  # forwards counted by count_forward(lockstep=True)
         self.draft_forwards = 0
-        self.accepted = torch.zeros(0, dtype=torch.long, device=device)  # per draft position (speculative)
-        self.proposed = torch.zeros(0, dtype=torch.long, device=device)
+        # multi-token forwards: (running rows (B,) bool, accepted (B,) or None, guesses k) each, summed
+        # once in stats() instead of by ops every round
+        self.rounds: list[tuple[Tensor, Tensor | None, int]] = []
         self.cache_bytes = 0
         self.seen = None
         if seen_vocab:
@@ -78,30 +78,24 @@ class DecodeState:
         return int(self.emitted.max()) if self.ragged else self.steps
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def count_forward(self, draft: bool = False, lockstep: bool = False) -> None:
+    def count_forward(self, draft: bool = False, lockstep: bool = False, running: Tensor | None = None) -> None:
         """Call once per model forward; a target forward counts for each running row (tau).
         lockstep: a forward whose running rows each get exactly one token from append_one, so its
-        row count is what `emitted` gains (tau 1), added at stats() instead of per step."""
+        row count is what `emitted` gains (tau 1), added at stats() instead of per step. Otherwise
+        the forward's running rows are kept (`running`: the caller's ~finished, else computed)."""
         if draft:
             self.draft_forwards += 1
+        elif lockstep:
+            self.target_forwards += 1
+            self.lockstep = True
         else:
             self.target_forwards += 1
-            if lockstep:
-                self.lockstep = True
-            else:
-                self.row_forwards += ~self.finished
+            self.rounds.append((~self.finished if running is None else running, None, 0))
 
     def count_acceptance(self, accepted: Tensor, k: int) -> None:
-        """Speculative statistics: each running row proposed k drafts and accepted its first
-        accepted[b] of them (before the bonus token). Call before append()."""
-        if self.proposed.numel() < k:
-            grow = k - self.proposed.numel()
-            self.proposed = torch.cat([self.proposed, self.proposed.new_zeros(grow)])
-            self.accepted = torch.cat([self.accepted, self.accepted.new_zeros(grow)])
-        running = ~self.finished
-        pos = torch.arange(k, device=accepted.device)
-        self.proposed[:k] += running.sum()
-        self.accepted[:k] += ((pos < accepted[:, None]) & running[:, None]).sum(0)
+        """Speculative statistics of the last counted forward: each of its running rows proposed k
+        drafts and accepted its first accepted[b] of them (before the bonus token)."""
+        self.rounds[-1] = (self.rounds[-1][0], accepted, k)
 
     def note_cache(self, cache) -> None:
         self.cache_bytes = max(self.cache_bytes, cache.nbytes())
@@ -213,8 +207,19 @@ class DecodeState:
     # -- the result ------------------------------------------------------------------------------
     def stats(self) -> GenerationStats:
         new = int(self.emitted.sum())
-        row_forwards = int(self.row_forwards.sum()) + (new if self.lockstep else 0)
-        rates = [a / p if p else 0.0 for a, p in zip(self.accepted.tolist(), self.proposed.tolist())]
+        row_forwards = new if self.lockstep else 0
+        rates = []
+        if self.rounds:
+            row_forwards += int(torch.stack([r for r, _, _ in self.rounds]).sum())
+            guessed = [(r, a, k) for r, a, k in self.rounds if k]
+            if guessed:
+                running = torch.stack([r for r, _, _ in guessed])  # (n, B)
+                accepted = torch.stack([a for _, a, _ in guessed])  # (n, B)
+                k = torch.tensor([k for _, _, k in guessed], device=accepted.device)  # (n,)
+                pos = torch.arange(int(k.max()), device=accepted.device)  # (K,)
+                proposed = (running.sum(1)[:, None] * (pos < k[:, None])).sum(0)
+                took = ((pos < accepted[..., None]) & running[..., None]).sum((0, 1))
+                rates = [a / p if p else 0.0 for a, p in zip(took.tolist(), proposed.tolist())]
         return GenerationStats(new_tokens=new, target_forwards=self.target_forwards,
                                draft_forwards=self.draft_forwards,
                                tau=new / row_forwards if row_forwards else 0.0,
@@ -228,7 +233,6 @@ class DecodeState:
         """rows <- rows[index] (beam search), the prompt mask included."""
         self.sequences = self.sequences[index]
         self.finished, self.emitted = self.finished[index], self.emitted[index]
-        self.row_forwards = self.row_forwards[index]
         if self.prompt_mask is not None:
             self.prompt_mask = self.prompt_mask[index]
         if self.seen is not None:

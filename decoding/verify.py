@@ -261,7 +261,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
             x_mask = torch.ones_like(x, dtype=torch.bool) & running[:, None]
             if pending_mask is not None:
                 x_mask[:, :pending.shape[1]] &= pending_mask
-        state.count_forward()
+        state.count_forward(running=running)
         logits = proposer.target_forward(target, x, cache, x_mask, K + 1)  # (B, K+1, V_target)
         scores = block_scores(pipeline, state, logits[..., :V], draft)  # (B, K+1, V)
         accepted, nxt = rule(proposal, scores, generator)
