@@ -110,10 +110,12 @@ class StaticCache:
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
         """k, v: (B, H_kv, T, D) written at `slots` (B, T)."""
         if self._index is None or self._index[0] is not slots:  # built once per forward, not per layer
-            self._index = (slots, slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
-        idx = self._index[1]
-        self.k[layer].scatter_(2, idx, k if k.dtype == self.dtype else k.to(self.dtype))
-        self.v[layer].scatter_(2, idx, v if v.dtype == self.dtype else v.to(self.dtype))
+            self._index = (slots, torch.arange(slots.shape[0], device=slots.device)[:, None])
+        rows = self._index[1]
+        # an index_put, not a scatter: a compiled step (models/compiled_cpu.py) then writes the cache
+        # in place; a scatter into a graph input is copied whole, in and out, every layer and step
+        self.k[layer][rows, :, slots] = k.transpose(1, 2).to(self.dtype)
+        self.v[layer][rows, :, slots] = v.transpose(1, 2).to(self.dtype)
 
     def advance(self, n_new: Tensor | int) -> None:
         """Lengths += n_new (per row): tokens a forward wrote after reserve()."""
