@@ -33,7 +33,12 @@ class StaticCache:
         self.longest, self.exact = 0, True  # host bound on max(lengths); True while it is equal to it
         self.graphs: dict = {}  # CUDA graphs recorded on these buffers (models/compiled.py)
         self._spare: list | None = None  # CPU reorder's second set of buffers (allocated by the first reorder)
-        self._index: tuple | None = None  # (slots, scatter index) of the current forward
+        self._index: tuple | None = None  # (slots, row index) of the current forward
+        # the compiled CPU step reads keys [0, longest) only: it gets the bound as the size of a view
+        # of this buffer (sizes are its dynamic inputs), not the capacity (a step then costs by the
+        # context held, not by the room reserved for max_new_tokens)
+        self._bound = torch.empty(max_len, dtype=torch.uint8, device=device)
+        self.key_range = None  # inside a traced step: that size (<= capacity); None elsewhere
 
     @property
     def lengths(self) -> Tensor:
@@ -69,6 +74,12 @@ class StaticCache:
         return self.k[0].shape[2] if self.k else 0
 
     @property
+    def readable(self):
+        """Keys a fixed-shape step attends over (masked past each row's length): the traced
+        key range, else the whole capacity (CUDA graphs keep one shape)."""
+        return self.capacity if self.key_range is None else self.key_range
+
+    @property
     def dtype(self):
         return self.k[0].dtype
 
@@ -77,17 +88,20 @@ class StaticCache:
 
     # -- the compiled step's view (models/compiled_cpu.py) ------------------------------------
     def step_state(self) -> list[Tensor]:
-        """The tensors a fixed-shape step reads and writes: lengths, then every layer's K, V."""
-        return [self._lengths, *self.k, *self.v]
+        """The tensors a fixed-shape step reads and writes: lengths, every layer's K, V, then a view
+        whose size is the host bound on the longest row (call after reserve())."""
+        bound = self.capacity if self.longest is None else min(self.longest, self.capacity)
+        return [self._lengths, *self.k, *self.v, self._bound[:bound]]
 
     def step_dims(self) -> list[dict[int, str]]:
-        """Dynamic dimensions of step_state: B (batch) and S (capacity)."""
-        return [{0: "B"}] + [{0: "B", 2: "S"}] * (2 * len(self.k))
+        """Dynamic dimensions of step_state: B (batch), S (capacity), L (the key range)."""
+        return [{0: "B"}] + [{0: "B", 2: "S"}] * (2 * len(self.k)) + [{0: "L"}]
 
     def from_state(self, state: list[Tensor]) -> "StaticCache":
         """This cache over other tensors laid out as step_state (for tracing)."""
         c, n = copy.copy(self), len(self.k)
-        c._lengths, c.k, c.v, c._index, c.graphs = state[0], list(state[1:1 + n]), list(state[1 + n:]), None, {}
+        c._lengths, c.k, c.v, c._index, c.graphs = state[0], list(state[1:1 + n]), list(state[1 + n:1 + 2 * n]), None, {}
+        c.key_range = torch.sym_min(state[1 + 2 * n].shape[0], c.capacity)
         return c
 
     # -- writes -------------------------------------------------------------------------------
@@ -110,10 +124,12 @@ class StaticCache:
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
         """k, v: (B, H_kv, T, D) written at `slots` (B, T)."""
         if self._index is None or self._index[0] is not slots:  # built once per forward, not per layer
-            self._index = (slots, slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
-        idx = self._index[1]
-        self.k[layer].scatter_(2, idx, k if k.dtype == self.dtype else k.to(self.dtype))
-        self.v[layer].scatter_(2, idx, v if v.dtype == self.dtype else v.to(self.dtype))
+            self._index = (slots, torch.arange(slots.shape[0], device=slots.device)[:, None])
+        rows = self._index[1]
+        # an index_put, not a scatter: a compiled step (models/compiled_cpu.py) then writes the cache
+        # in place; a scatter into a graph input is copied whole, in and out, every layer and step
+        self.k[layer][rows, :, slots] = k.transpose(1, 2).to(self.dtype)
+        self.v[layer][rows, :, slots] = v.transpose(1, 2).to(self.dtype)
 
     def advance(self, n_new: Tensor | int) -> None:
         """Lengths += n_new (per row): tokens a forward wrote after reserve()."""

@@ -1,9 +1,10 @@
 """The fixed-shape, sync-free decode step of the native models, and its CUDA graphs.
 
 `model.static_logits(input_ids, cache)` is the model's forward for T new tokens per row with no
-pads: positions are the cache lengths + arange(T), keys are masked over the whole capacity from the
-device-side lengths, so no value is read back to the host and every tensor keeps its shape and
-address from step to step. On CUDA, `GraphedStep` records it once per (batch, T) and replays it
+pads: positions are the cache lengths + arange(T), keys are masked over the cache's readable range
+(`cache.readable`: the whole capacity for CUDA graphs, the host bound on the longest row in the
+compiled CPU step) from the device-side lengths, so no value is read back to the host and every
+tensor keeps its address from step to step. On CUDA, `GraphedStep` records it once per (batch, T) and replays it
 (gpt-fast's speed without torch.compile's compile time); on CPU models/compiled_cpu.py compiles it.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
     lengths + T <= capacity."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
-    batch = AttentionBatch.static(slots, cache.lengths + T, cache.capacity)
+    batch = AttentionBatch.static(slots, cache.lengths + T, cache.readable)
     cos, sin = rope_cos_sin(slots, model.inv_freq, model.dtype)
     x = model.embed(input_ids)
     for layer in model.layers:

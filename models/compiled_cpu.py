@@ -15,6 +15,8 @@ dimensions). Two kinds, by `model.compile_frozen`:
   weights are inputs of the library; one library per architecture serves any weight values.
 Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it
 returns, so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
+Attention reads keys up to the cache's host bound on its longest row (a size among the inputs, see
+StaticCache.step_state), not its capacity: a step costs by the context held.
 
 Switch: `model.compile_step = False` (always eager) or True (compiled wherever it can be); None,
 the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule.
@@ -237,10 +239,11 @@ class CompiledStep:
         # specialisation); every one of them is dynamic in the library
         example = model.new_cache(2, min(67, model.config.max_seq_len), dtype=self.dtype, device=self.device)
         example.lengths.copy_(torch.tensor([0, 1], dtype=torch.int32))
+        example.reserve(min(11, example.capacity - 1))  # the key range's example size (step_state)
         ids = torch.zeros(2, 3, dtype=torch.long, device=self.device)
         B, T, S = Dim("batch", min=1, max=MAX_BATCH), Dim("tokens", min=1, max=MAX_TOKENS), \
             Dim("capacity", min=2, max=max(3, model.config.max_seq_len))
-        dims = {"B": B, "S": S}
+        dims = {"B": B, "S": S, "L": Dim("keys", min=1, max=max(2, model.config.max_seq_len))}
         state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
         with torch.no_grad(), warnings.catch_warnings():
             # torch's own notices from inside export/inductor: not the user's to act on

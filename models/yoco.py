@@ -260,7 +260,7 @@ class YOCODecoder(NativeDecoder):
 
     def static_logits(self, input_ids: Tensor, cache: YOCOCache, hidden: bool = False):
         """The fixed-shape step (models/compiled.py): T real tokens per row at each row's length,
-        keys over the whole capacity (hidden=True: and the final-norm hidden states); writes rings
+        keys over the cache's readable range (hidden=True: and the final-norm hidden states); writes rings
         and K/V, the caller advances lengths and high."""
         T = input_ids.shape[1]
         start = cache.lengths
@@ -269,7 +269,7 @@ class YOCODecoder(NativeDecoder):
         cos, sin = rope_cos_sin(slots, self.inv_freq, self.dtype)
         x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
                                torch.maximum(cache.high, start + T), slots, chunk=None)
-        batch = AttentionBatch.static(slots, start + T, cache.capacity)
+        batch = AttentionBatch.static(slots, start + T, cache.readable)
         h = self._cross_decoder(x, cos, sin, cache, batch)
         return (self.lm_head(h), h) if hidden else self.lm_head(h)
 

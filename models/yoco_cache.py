@@ -67,6 +67,10 @@ class YOCOCache:
         return self.kv.capacity
 
     @property
+    def readable(self):
+        return self.kv.readable
+
+    @property
     def dtype(self):
         return self.kv.dtype
 
@@ -102,7 +106,7 @@ class YOCOCache:
         return self.kv.step_dims() + [{0: "B"}] * (1 + 2 * len(self.ring_k))
 
     def from_state(self, state: list[Tensor]) -> "YOCOCache":
-        c, m, n = copy.copy(self), 1 + 2 * len(self.kv.k), len(self.ring_k)
+        c, m, n = copy.copy(self), 2 + 2 * len(self.kv.k), len(self.ring_k)
         c.kv, c.high = self.kv.from_state(state[:m]), state[m]
         c.ring_k, c.ring_v = list(state[m + 1:m + 1 + n]), list(state[m + 1 + n:])
         return c

@@ -39,10 +39,12 @@ def build(name: str, seed: int = 0):
     return model
 
 
-def script(model, step, *, check_eager: bool = False, hidden: bool = False):
+def script(model, step, *, check_eager: bool = False, hidden: bool = False, poison: bool = False):
     """Prefill, STEPS, truncation CUT, two more steps; every step's logits against the float64 oracle
     (and, with check_eager, against the eager forward on its own cache: same argmax, |diff| < 1e-5).
-    hidden: the step returns (logits, final-norm hidden states), both checked."""
+    hidden: the step returns (logits, final-norm hidden states), both checked. poison: the cache's
+    slots from 24 on (past any row's length in this script, short of the capacity 40) hold NaN, so a
+    step that reads keys past the longest row (masked or not) turns its output NaN."""
     oracle = RecomputeModel(copy.deepcopy(model).double())
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, V, (3, 7), generator=g)
@@ -52,6 +54,10 @@ def script(model, step, *, check_eager: bool = False, hidden: bool = False):
         for c in (cache, eager) if check_eager else (cache,):
             model(prompt, c, attention_mask=torch.ones_like(prompt))  # an eager prefill
         oracle(prompt, ocache)
+        if poison:
+            kv = getattr(cache, "kv", cache)  # YOCO: the shared cross-decoder cache
+            for t in kv.k + kv.v:
+                t[:, :, 24:] = float("nan")
         for i, T in enumerate(STEPS + [None, 2, 1]):
             if T is None:
                 for c in (cache, ocache, eager):
@@ -142,7 +148,7 @@ def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir
         out = model(ids, c)
         assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return out
-    script(model, step, check_eager=True)
+    script(model, step, check_eager=True, poison=True)  # the library reads keys up to the host bound only
 
     calls, run = [], cc.CompiledStep.__call__
     monkeypatch.setattr(cc.CompiledStep, "__call__", lambda self, *a: calls.append(1) or run(self, *a))
@@ -196,11 +202,12 @@ def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
     with torch.no_grad():
         cache = model.new_cache(2, 16)
         model(torch.tensor([[1, 2], [3, 4]]), cache)
-        before = [t.clone() for t in cache.step_state()]
+        contents = lambda: [cache.lengths, *cache.k, *cache.v]
+        before = [t.clone() for t in contents()]
         with pytest.raises(ValueError, match="token id 64 outside the vocabulary"):
             model(torch.tensor([[5], [64]]), cache)
     assert model._compiled.run is not None
-    assert all(torch.equal(a, b) for a, b in zip(before, cache.step_state()))
+    assert all(torch.equal(a, b) for a, b in zip(before, contents()))
 
 
 @pytest.mark.parametrize("how", ["corrupt", "stale"])
