@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import compile_speed
 from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
@@ -245,7 +246,12 @@ class CompiledStep:
             Dim("capacity", min=2, max=max(3, model.config.max_seq_len))
         dims = {"B": B, "S": S, "L": Dim("keys", min=1, max=max(2, model.config.max_seq_len))}
         state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
-        with torch.no_grad(), warnings.catch_warnings():
+        from torch._inductor import config as inductor_config
+        known = inductor_config.get_config_copy()  # configs an older torch lacks are left out
+        build_configs = {k: v for k, v in BUILD_CONFIG.items() if k in known}
+        weight_bytes = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
+        # the C++ headers build on the second core while export and inductor trace on the first
+        with torch.no_grad(), warnings.catch_warnings(), compile_speed.headers_warming(build_configs, weight_bytes):
             # torch's own notices from inside export/inductor: not the user's to act on
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
@@ -259,12 +265,11 @@ class CompiledStep:
                                          dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
                                          strict=False)
                 configs = {}
-            from torch._inductor import config as inductor_config
-            known = inductor_config.get_config_copy()  # configs an older torch lacks are left out
-            configs = {k: v for k, v in {**BUILD_CONFIG, **configs}.items() if k in known}
+            configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
+            with compile_speed.faster_codegen():
+                torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)
         tmp_meta = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")

@@ -1,0 +1,149 @@
+"""Cuts the wall time of one AOTInductor build (models/compiled_cpu.py) without changing what it
+builds: the same C++ source, compiled with the same commands, so the same library.
+
+- `headers_warming()`, around torch.export and AOTInductor: inductor's CPU ISA probe and its two
+  precompiled headers (the wrapper's and the kernels', ~8 s of g++ each on a machine that has never
+  built one) are built while the export and inductor's tracing (Python, one core) run, instead of
+  one after the other at the end. Same function, arguments and on-disk cache as inductor's own call
+  (AotCodeCompiler.compile), which then finds them built (a file lock orders the two).
+- `faster_codegen()`, around aoti_compile_and_package:
+  - each Jinja source of the C++ GEMM template is compiled once, not at every render (each of the
+    shipped target's 66 renders compiled ~5 templates from source: 10-12 s of rendering -> 2-3 s);
+  - the wrapper's and the kernels' object files compile at the same time (inductor builds one
+    after the other; the kernels' ~3.5 s then hides behind the wrapper's ~8 s).
+Each step checks that the torch internal it relies on is there, else leaves inductor as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+
+def warm_headers(weight_bytes: int) -> None:
+    """Build what AotCodeCompiler.compile would build first on a CPU: the ISA probe (pick_vec_isa)
+    and the precompiled headers, with the arguments it passes (device "cpu", AOT mode, no relative
+    paths, weights mmapped as determine_aoti_mmap_flags decides for `weight_bytes`)."""
+    try:
+        from torch._inductor import codecache, config
+        from torch._inductor.cpp_builder import CppBuilder, CppTorchDeviceOptions
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+        from torch._inductor.utils import determine_aoti_mmap_flags
+        isa = pick_vec_isa()
+        if not config.aot_inductor.precompile_headers:
+            return
+        command = repr(CppBuilder(name="o", sources="i", BuildOption=CppTorchDeviceOptions(
+            vec_isa=isa, device_type="cpu", aot_mode=True)).get_command_line())
+        external, mmap = determine_aoti_mmap_flags(weight_bytes)
+        args = dict(aot_mode=True, device_type="cpu", use_mmap_weights=mmap,
+                    use_mmap_weights_external=external, use_relative_path=False, vec_isa=isa)
+        codecache._precompile_header(codecache._get_cpp_wrapper_header("cpu", aot_mode=True), command,
+                                     min_optimize=True, **args)
+        codecache._precompile_header(codecache._get_cpp_prefix_header("cpu"), command, **args)
+    except Exception:  # only a head start: inductor builds whatever is missing itself
+        pass
+
+
+@contextlib.contextmanager
+def headers_warming(configs: dict, weight_bytes: int):
+    """Within: `warm_headers` running in a thread under inductor's `configs` (BUILD_CONFIG: what
+    the g++ command lines read, e.g. -g1 from enable_line_tables; config patches are per thread).
+    Joined on a normal exit; after an error it is left to finish on its own (a cache fill)."""
+    try:
+        import torch._inductor.codecache  # noqa: F401  (imported here, not in the thread)
+        import torch._inductor.cpp_builder  # noqa: F401
+        import torch._inductor.cpu_vec_isa  # noqa: F401
+        import torch._inductor.utils  # noqa: F401
+        from torch._inductor import config
+    except Exception:
+        yield
+        return
+
+    def run():
+        try:
+            with config.patch(configs):
+                warm_headers(weight_bytes)
+        except Exception:
+            pass
+    thread = threading.Thread(target=run, name="aoti-warm-headers", daemon=True)
+    thread.start()
+    yield
+    thread.join()
+
+
+@contextlib.contextmanager
+def faster_codegen():
+    """Within: Jinja templates compiled once per source, and the wrapper's object file built in a
+    thread while the kernels' builds (joined before any other build and on exit)."""
+    with contextlib.ExitStack() as stack:
+        for patch in (_memo_templates, _parallel_objects):
+            try:
+                stack.enter_context(patch())
+            except Exception:
+                pass
+        yield
+
+
+@contextlib.contextmanager
+def _memo_templates():
+    """KernelTemplate._template_from_string(source) compiles `source` with Jinja on every call; the
+    template it returns is a pure function of the source (its environment and filters are fixed),
+    so one compile per source serves every render."""
+    from torch._inductor.codegen.common import KernelTemplate
+    original = KernelTemplate.__dict__["_template_from_string"]
+    if not isinstance(original, staticmethod):
+        raise TypeError("KernelTemplate._template_from_string is no longer a staticmethod")
+    KernelTemplate._template_from_string = staticmethod(functools.lru_cache(maxsize=None)(original.__func__))
+    try:
+        yield
+    finally:
+        KernelTemplate._template_from_string = original
+
+
+@contextlib.contextmanager
+def _parallel_objects():
+    """AotCodeCompiler.compile runs `wrapper_builder.build()` then `kernel_builder.build()`, two
+    independent g++ -c runs; the wrapper's starts in a thread and the kernels' build joins it. Any
+    other build (the link, the weights' object) joins it before it starts."""
+    from torch._inductor.cpp_builder import CppBuilder
+    original = CppBuilder.__dict__["build"]
+    owner = threading.get_ident()
+    pending: list = []  # [thread, error box] of the wrapper's build in flight
+
+    def join():
+        if pending:
+            thread, box = pending.pop()
+            thread.join()
+            if box:
+                raise box[0]
+
+    def build(self):
+        if threading.get_ident() != owner:  # another thread's build (warm_headers): as it was
+            return original(self)
+        target = str(self.get_target_file_path())
+        if target.endswith(".wrapper.o") and not pending:
+            box: list = []
+
+            def run():
+                try:
+                    original(self)
+                except BaseException as e:  # re-raised in the caller's thread by join()
+                    box.append(e)
+            thread = threading.Thread(target=run, name="aoti-wrapper-build", daemon=True)
+            thread.start()
+            pending.append((thread, box))
+            return None
+        if target.endswith(".kernel.o") and pending:
+            try:
+                return original(self)
+            finally:
+                join()
+        join()
+        return original(self)
+
+    CppBuilder.build = build
+    try:
+        yield
+    finally:
+        CppBuilder.build = original
+        join()

@@ -1,0 +1,85 @@
+"""models/compile_speed.py: the build-time shortcuts change when the C++ is built, never what.
+Checked against inductor's own behaviour: the template a memoised compile returns renders the same
+text as a fresh Jinja compile; the wrapper's object build overlaps the kernels' only, the link
+waits for both, an error of the wrapper's build reaches the caller; everything is put back after."""
+import threading
+import time
+
+import pytest
+
+import torch._inductor.lowering  # noqa: E402,F401  (before the GEMM template: inductor's import order)
+from torch._inductor.codegen.common import KernelTemplate  # noqa: E402
+from torch._inductor.codegen.cpp_gemm_template import GEMM_TEMPLATE_MICROKERNEL_DEF  # noqa: E402
+from torch._inductor.cpp_builder import CppBuilder  # noqa: E402
+
+from models import compile_speed  # noqa: E402
+
+
+def test_memoised_templates_render_what_a_fresh_compile_renders():
+    before = KernelTemplate.__dict__["_template_from_string"]
+    source = "{% for x in xs %}{{ x|indent_except_first(2) }};{% endfor %} {{ name }}"
+    options = {"xs": ["a\nb", "c"], "name": "k"}
+    fresh = KernelTemplate._template_from_string(source).render(**options)
+    with compile_speed.faster_codegen():
+        first = KernelTemplate._template_from_string(source)
+        assert KernelTemplate._template_from_string(source) is first  # compiled once
+        assert first.render(**options) == fresh
+        assert KernelTemplate._template_from_string(GEMM_TEMPLATE_MICROKERNEL_DEF) is \
+            KernelTemplate._template_from_string(GEMM_TEMPLATE_MICROKERNEL_DEF)
+    assert KernelTemplate.__dict__["_template_from_string"] is before
+    assert KernelTemplate._template_from_string(source) is not KernelTemplate._template_from_string(source)
+
+
+class Fake:
+    def __init__(self, target):
+        self.target = target
+
+    def get_target_file_path(self):
+        return self.target
+
+
+def record(monkeypatch, seconds=0.3, fail=()):
+    log, lock = [], threading.Lock()
+
+    def build(self):
+        with lock:
+            log.append(("start", self.target, time.perf_counter()))
+        time.sleep(seconds)
+        with lock:
+            log.append(("end", self.target, time.perf_counter()))
+        if self.target in fail:
+            raise RuntimeError(f"g++ failed on {self.target}")
+    monkeypatch.setattr(CppBuilder, "build", build)
+    return log
+
+
+def at(log, event, target):
+    return next(t for e, n, t in log if e == event and n == target)
+
+
+def test_wrapper_and_kernel_objects_build_together_and_the_link_after(monkeypatch):
+    log = record(monkeypatch)
+    original = CppBuilder.__dict__["build"]
+    with compile_speed.faster_codegen():
+        t0 = time.perf_counter()
+        assert CppBuilder.build(Fake("m.wrapper.o")) is None
+        assert time.perf_counter() - t0 < 0.2  # returned at once, building in a thread
+        CppBuilder.build(Fake("m.kernel.o"))  # returns once both are built
+        assert {n for e, n, _ in log if e == "end"} == {"m.wrapper.o", "m.kernel.o"}
+        CppBuilder.build(Fake("m.wrapper.o"))
+        CppBuilder.build(Fake("w.weights.o"))  # anything else waits for the wrapper first
+    assert CppBuilder.__dict__["build"] is original
+    assert at(log, "start", "m.kernel.o") < at(log, "end", "m.wrapper.o")  # they overlapped
+    assert [n for e, n, _ in log][-2:] == ["w.weights.o", "w.weights.o"]
+    assert max(t for e, n, t in log if n == "m.wrapper.o") <= at(log, "start", "w.weights.o")
+
+
+def test_a_failed_wrapper_build_reaches_the_caller(monkeypatch):
+    record(monkeypatch, seconds=0.05, fail={"m.wrapper.o"})
+    with compile_speed.faster_codegen():
+        CppBuilder.build(Fake("m.wrapper.o"))
+        with pytest.raises(RuntimeError, match="g\\+\\+ failed on m.wrapper.o"):
+            CppBuilder.build(Fake("m.kernel.o"))
+    with pytest.raises(RuntimeError, match="m.wrapper.o"):  # and on exit, if nothing joined it
+        with compile_speed.faster_codegen():
+            CppBuilder.build(Fake("m.wrapper.o"))
