@@ -52,9 +52,11 @@ AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (t
 _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
             "cache.py", "yoco_cache.py", "layout.py", "gpt2.py")
 # the frozen library's build: weights as constants, every matmul inductor's C++ GEMM template over
-# weights prepacked for its micro-kernel (ATen's where the template does not apply). No timing of
-# alternatives: on the CPU measured the template beat MKL at every decode shape (1.2-1.7x per step,
-# bench/compiled_step.py), and autotuning doubled the build time. Configs an older torch lacks are left out.
+# weights prepacked for its micro-kernel. No timing of alternatives: on the CPU measured the template
+# beat MKL at every decode shape (1.2-1.7x per step, bench/compiled_step.py), and autotuning doubled
+# the build time. torch 2.13 no longer reads autotune_fallback_to_aten: a matmul the template cannot
+# take (none in the native models; a bmm over a dynamic size would be one) fails the build, and the
+# step runs eagerly with a warning. Configs an older torch lacks are left out.
 FROZEN_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP",
                  "autotune_fallback_to_aten": True, "autotune_num_choices_displayed": 0,
                  "max_autotune_report_choices_stats": False}
