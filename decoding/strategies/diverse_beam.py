@@ -143,8 +143,8 @@ def _add_hypotheses(hyps, g, ending, top_scores, parent, group_tokens, step) -> 
 
 def _write(winners, prompt_rows, max_new: int, pad: int, eos) -> tuple[torch.Tensor, int]:
     """4.55's finalize: each hypothesis, eos_token_id[0] after those that ended early, pad after
-    that; width = longest + 1, at most the prompt + max_new_tokens."""
-    T = prompt_rows.shape[1]
+    that; the new tokens' width = longest + 1, at most max_new_tokens (a row: at most the prompt +
+    max_new_tokens)."""
     longest = max(len(t) for _, t in winners)
     width = min(longest + 1, max_new)
     new = torch.full((len(winners), width), pad, dtype=torch.long)
