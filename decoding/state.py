@@ -210,13 +210,13 @@ class DecodeState:
         row_forwards = new if self.lockstep else 0
         rates = []
         if self.rounds:
-            row_forwards += int(torch.stack([r for r, _, _ in self.rounds]).sum())
-            guessed = [(r, a, k) for r, a, k in self.rounds if k]
-            if guessed:
-                running = torch.stack([r for r, _, _ in guessed])  # (n, B)
-                accepted = torch.stack([a for _, a, _ in guessed])  # (n, B)
-                k = torch.tensor([k for _, _, k in guessed], device=accepted.device)  # (n,)
-                pos = torch.arange(int(k.max()), device=accepted.device)  # (K,)
+            running = torch.stack([r for r, _, _ in self.rounds])  # (rounds, B)
+            row_forwards += int(running.sum())
+            k = torch.tensor([k for _, _, k in self.rounds], device=running.device)  # 0: no guesses
+            if int(k.max()):
+                accepted = torch.stack([torch.zeros_like(r, dtype=torch.long) if a is None else a
+                                        for r, a, _ in self.rounds])  # (rounds, B)
+                pos = torch.arange(int(k.max()), device=running.device)  # (K,)
                 proposed = (running.sum(1)[:, None] * (pos < k[:, None])).sum(0)
                 took = ((pos < accepted[..., None]) & running[..., None]).sum((0, 1))
                 rates = [a / p if p else 0.0 for a, p in zip(took.tolist(), proposed.tolist())]

@@ -169,9 +169,8 @@ class NativeDecoder(nn.Module):
             logits, hidden = out
         else:
             return None
-        if not return_hidden:
-            return logits[:, -logits_to_keep:] if logits_to_keep else logits
-        return (logits[:, -logits_to_keep:], hidden[:, -logits_to_keep:]) if logits_to_keep else (logits, hidden)
+        keep = slice(-logits_to_keep if logits_to_keep else None, None)
+        return (logits[:, keep], hidden[:, keep]) if return_hidden else logits[:, keep]
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -106,7 +106,7 @@ class YOCOCache:
         return self.kv.step_dims() + [{0: "B"}] * (1 + 2 * len(self.ring_k))
 
     def from_state(self, state: list[Tensor]) -> "YOCOCache":
-        c, m, n = copy.copy(self), 2 + 2 * len(self.kv.k), len(self.ring_k)
+        c, m, n = copy.copy(self), len(self.kv.step_dims()), len(self.ring_k)  # the kv cache's own layout first
         c.kv, c.high = self.kv.from_state(state[:m]), state[m]
         c.ring_k, c.ring_v = list(state[m + 1:m + 1 + n]), list(state[m + 1 + n:])
         return c
