@@ -13,7 +13,11 @@ dimensions). Two kinds, by `model.compile_frozen`:
   weight changes in place or is replaced (checked before every step: ids and version counters).
 - inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
   weights are inputs of the library; one library per architecture serves any weight values.
-Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it
+A frozen library on an AVX2 CPU comes in two builds, told apart by the rows a step has (batch x T):
+inductor's default micro-kernel (4 x 16 registers) for 1-4 rows, and a second library whose GEMMs all use
+its 8 x 8 kernel for WIDE_ROWS (5) rows on, the width of a speculative or blockwise verify (k = 4) and of
+a batch of 5-16; the second is built on the first such step. Same arithmetic, other blocking: on the
+shipped target their logits were bitwise equal. Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it
 returns, so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
 Attention reads keys up to the cache's host bound on its longest row (a size among the inputs, see
 StaticCache.step_state), not its capacity: a step costs by the context held.
@@ -36,6 +40,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,6 +52,11 @@ from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
 MAX_TOKENS = 16  # widest step the library takes (decode: 1, verify: k + 1)
+# steps of this many rows (batch x T) on run the library built on WIDE_BLOCKING: measured on the shipped
+# target (AMD EPYC, AVX2, 1 thread) 1.1-1.23x faster than the default kernel at 5-8 rows, 1.03-1.15x at
+# 12-20, within noise at 3-4 and 9-10, 0.85x at 1-2 rows (bench/compiled_step.py)
+WIDE_ROWS = 5
+WIDE_BLOCKING = {"AVX2": (8, 8)}  # CPU capability -> (block_m, block_n); measured on AVX2 only
 MAX_BATCH = 1024
 AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (tests run HF-identity through it)
 _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
@@ -103,7 +113,7 @@ def cache_dir() -> Path:
     return Path(base) / "decoding" / "compiled"
 
 
-def _key(model, cache, frozen: bool) -> dict:
+def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None) -> dict:
     here = Path(__file__).parent
     source = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
     weights = [(n, tuple(p.shape), tuple(p.stride())) for n, p in model.named_parameters(remove_duplicate=False)]
@@ -114,6 +124,8 @@ def _key(model, cache, frozen: bool) -> dict:
     if frozen:  # constants of the library, and its GEMMs' thread plan
         key["values"] = _values_hash(model)
         key["threads"] = torch.get_num_threads()
+    if blocking:  # the wide library (the default one's key has no such entry)
+        key["blocking"] = list(blocking)
     return key
 
 
@@ -180,6 +192,9 @@ class CompiledStep:
         self.registered, self.stamp = _registered[0], _stamp(self.weights)
         self.run = None  # the library's flat-input entry point, once loaded
         self.unavailable = False  # its build failed: eager, without hashing the weights again
+        # the wide library (WIDE_ROWS rows on): its blocking, its entry point once loaded
+        self.blocking = WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) if self.frozen else None
+        self.wide = None
 
     def matches(self, model) -> bool:
         """Still the library of `model` as it is now: no weight replaced, and for a frozen library
@@ -196,23 +211,36 @@ class CompiledStep:
     def __call__(self, input_ids: Tensor, cache) -> tuple[Tensor, Tensor] | None:
         """(logits (B, T, V), final-norm hidden states (B, T, dim)) with the cache advanced, or None
         where the library is unavailable."""
-        if self.run is None and (self.unavailable or not self._load(cache)):
-            self.unavailable = True
+        run = self.library(input_ids.numel(), cache)
+        if run is None:
             return None
         T = input_ids.shape[1]
         cache.reserve(T)  # raises on overflow; reads the lengths back only near the capacity
         ids = input_ids.long().contiguous()
         try:
-            logits, hidden = self.run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])
+            logits, hidden = run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])
         except RuntimeError:
             check_input_ids(input_ids, self.model.vocab_size)  # a bad id: the protocol's error
             raise
         cache.advance(T)
         return logits, hidden
 
+    def library(self, rows: int, cache):
+        """The entry point for a step of `rows` rows (batch x T), loaded or built on first use; None
+        where no library is available (the step runs eagerly)."""
+        if self.run is None and (self.unavailable or not self._load(cache)):
+            self.unavailable = True
+            return None
+        if self.blocking and rows >= WIDE_ROWS:
+            if self.wide is not None or self._load(cache, self.blocking):
+                return self.wide
+            self.blocking = None  # the wide build failed: the default library serves every width
+        return self.run
+
     # -- build / load ---------------------------------------------------------------------------
-    def _load(self, cache) -> bool:
-        key = _key(self.model, cache, self.frozen)
+    def _load(self, cache, blocking: tuple[int, int] | None = None) -> bool:
+        """Load or build the default library (blocking None) or the wide one; False where it fails."""
+        key = _key(self.model, cache, self.frozen, blocking)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         if digest in _failed:
             return False
@@ -224,10 +252,16 @@ class CompiledStep:
                 runner = self._build(cache, key, path, meta)
             except Exception as e:  # no compiler, unsupported export, older torch: run eagerly
                 _failed.add(digest)
-                warnings.warn(f"compiled CPU step unavailable ({type(e).__name__}: {str(e)[:300]}); "
-                              f"running the eager step (set {ENV}=0 to skip the attempt)", stacklevel=4)
+                fallback = f"steps of {WIDE_ROWS}+ rows run the default library" if blocking else \
+                    f"running the eager step (set {ENV}=0 to skip the attempt)"
+                warnings.warn(f"compiled CPU step{' for wide steps' if blocking else ''} unavailable "
+                              f"({type(e).__name__}: {str(e)[:300]}); {fallback}", stacklevel=4)
                 return False
-        self.run = runner.boxed_run  # flat inputs -> flat outputs, no pytree per call
+        # flat inputs -> flat outputs, no pytree per call
+        if blocking:
+            self.wide = runner.boxed_run
+        else:
+            self.run = runner.boxed_run
         return True
 
     def _build(self, cache, key: dict, path: Path, meta: Path):
@@ -235,6 +269,8 @@ class CompiledStep:
         model = self.model
         n = sum(p.numel() for p in model.parameters())
         kind = "prepacked weights" if self.frozen else "weights as inputs"
+        if key.get("blocking"):
+            kind += f", {'x'.join(map(str, key['blocking']))} GEMM kernels for steps of {WIDE_ROWS}+ rows"
         print(f"decoding: compiling the CPU step of {key['model']} ({n / 1e6:.1f}M parameters, "
               f"{key['dtype']}, {kind}) once, cached in {path.parent} ...", end="", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
@@ -270,7 +306,7 @@ class CompiledStep:
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-            with compile_speed.faster_codegen():
+            with compile_speed.faster_codegen(), _micro_kernels(key.get("blocking")):
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)
@@ -299,6 +335,32 @@ def _load_checked(path: Path, meta: Path, key: dict):
         f.unlink(missing_ok=True)
     return None
 
+
+
+@contextmanager
+def _micro_kernels(blocking: list[int] | None):
+    """For one build: inductor's fp32 micro-kernels for this CPU's vector ISA limited to the register
+    blocking (block_m, block_n) (no limit for None). Fails the build where this torch has no such kernel."""
+    if not blocking:
+        yield
+        return
+    import torch._inductor.compile_fx  # noqa: F401  (cpp_micro_gemm imports in this order only)
+    from torch._inductor.codegen import cpp_micro_gemm as mg
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    isa, want = type(pick_vec_isa()), tuple(blocking)
+
+    def other(c) -> bool:  # an fp32 kernel of this ISA with another blocking
+        return c.input_dtype == c.output_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls) and \
+            tuple(c.register_blocking[:2]) != want
+    saved = {cls: list(configs) for cls, configs in mg.micro_gemm_configs.items()}
+    kept = {cls: [c for c in configs if not other(c)] for cls, configs in saved.items()}
+    if not any(c.input_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls) for cs in kept.values() for c in cs):
+        raise RuntimeError(f"this torch has no {want[0]}x{want[1]} fp32 micro-kernel for {isa.__name__}")
+    mg.micro_gemm_configs.update(kept)
+    try:
+        yield
+    finally:
+        mg.micro_gemm_configs.update(saved)
 
 
 def _open(path: Path):

@@ -114,7 +114,9 @@ def library(tmp_path_factory):
                 with torch.no_grad():
                     c = model.new_cache(1, 8)
                     model(torch.tensor([[1]]), c)
-                if model._compiled is None or model._compiled.run is None:
+                    model(torch.ones(1, cc.WIDE_ROWS, dtype=torch.long), c)  # and the wide library
+                compiled = model._compiled
+                if compiled is None or compiled.run is None or (compiled.blocking and compiled.wide is None):
                     pytest.fail("the compiled CPU step did not build on this machine (see the warning)")
             built[name, frozen] = d
         return built[name, frozen]
@@ -133,6 +135,18 @@ def no_build(monkeypatch):
     return calls
 
 
+def spy_libraries(monkeypatch) -> list:
+    """Logs (which library, rows) of every compiled step from now on."""
+    served, library = [], cc.CompiledStep.library
+
+    def logged(self, rows, cache):
+        run = library(self, rows, cache)
+        served.append(("wide" if run is not None and run is self.wide else "default", rows))
+        return run
+    monkeypatch.setattr(cc.CompiledStep, "library", logged)
+    return served
+
+
 @pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "inputs"])
 @pytest.mark.parametrize("name", ["llama", "yoco"])
 def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir, monkeypatch):
@@ -144,11 +158,17 @@ def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir
     model.compile_frozen = frozen
     model.compile_step = True
 
+    served = spy_libraries(monkeypatch)
+
     def step(ids, c):
         out = model(ids, c)
         assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return out
     script(model, step, check_eager=True, poison=True)  # the library reads keys up to the host bound only
+    # steps of 3 rows (B = 3, T = 1) ran the default library; of 6, 9 and 12 rows the wide one, on a
+    # CPU with a wide blocking and for a frozen library (else the default one served them too)
+    wide = frozen and cc.WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) is not None
+    assert served == [("wide" if wide and r >= cc.WIDE_ROWS else "default", r) for r in (3, 3, 12, 3, 9, 6, 3)]
 
     calls, run = [], cc.CompiledStep.__call__
     monkeypatch.setattr(cc.CompiledStep, "__call__", lambda self, *a: calls.append(1) or run(self, *a))
@@ -215,7 +235,9 @@ def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir,
     good = library("llama")
     for f in good.iterdir():
         shutil.copy(f, cache_dir)
-    pt2, meta = next(cache_dir.glob("*.pt2")), next(cache_dir.glob("*.json"))
+    # the default library's pair (a 1-row step loads it; the wide library's pair stays good)
+    meta = next(m for m in cache_dir.glob("*.json") if "blocking" not in json.loads(m.read_text())["key"])
+    pt2 = meta.with_suffix(".pt2")
     if how == "corrupt":
         data = bytearray(pt2.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -271,6 +293,30 @@ def test_unavailable_compiler_falls_back_to_eager(cache_dir, monkeypatch):
         warnings.simplefilter("error")  # warned once, then eager without retrying
         with torch.no_grad():
             model(torch.tensor([[1]]), model.new_cache(1, 4))
+
+
+def test_failed_wide_build_leaves_the_default_library_serving(library, cache_dir, monkeypatch):
+    """The wide library does not build (no compiler, or this torch lacks the kernel): one warning,
+    never retried, and steps of every width run the default library (still the oracle's logits)."""
+    for meta in library("llama").glob("*.json"):
+        if "blocking" not in json.loads(meta.read_text())["key"]:
+            shutil.copy(meta, cache_dir)
+            shutil.copy(meta.with_suffix(".pt2"), cache_dir)
+    monkeypatch.setitem(cc.WIDE_BLOCKING, torch.backends.cpu.get_cpu_capability(), (8, 8))  # any CPU
+    monkeypatch.setattr(cc, "_failed", set())
+    asked = []
+
+    def fail(self, cache, key, *a):
+        asked.append(key.get("blocking"))
+        raise RuntimeError("no such kernel here")
+    monkeypatch.setattr(cc.CompiledStep, "_build", fail)
+    served = spy_libraries(monkeypatch)
+    model = build("llama")
+    model.compile_step = True
+    with pytest.warns(UserWarning, match="for wide steps unavailable.*run the default library"):
+        script(model, lambda ids, c: model(ids, c))
+    assert asked == [[8, 8]]
+    assert [which for which, _ in served] == ["default"] * 7
 
 
 @pytest.mark.parametrize("name", ["llama", "yoco"])
