@@ -7,13 +7,17 @@ Per model: the time to build each library (first process: export + AOTInductor; 
 is pointed at a fresh directory) and to load the frozen one in a second process; then the median ms
 of one decode step (T = 1) and one verify block (T = 5) at batch 1, 4 and 8 over a 96-token context,
 eager, compiled with weights as inputs and compiled frozen (weights prepacked in) taking turns in
-each repetition, and the largest |logit difference| of each compiled kind from eager. The cache
+each repetition, and the largest |logit difference| of each compiled kind from eager. Frozen steps
+of 5+ rows run the wide library (8 x 8 GEMM kernels, models/compiled_cpu.py WIDE_ROWS; its build
+time is its own column); `frozen_default` runs them on the default library instead, so
+`wide_vs_default` says what the second library buys (1.0 below 5 rows: the same library). The cache
 holds room for the step (`capacity` 96 + T + 1); at batch 1 also a cache of 1024 slots (room for
 a long generation) over the same 96 tokens: a step should cost by the context, not the room.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -25,6 +29,7 @@ from unittest.mock import patch
 
 import torch
 
+import models.compiled_cpu as cc
 from bench.common import machine, markdown_table, write_results
 
 LOAD = """
@@ -59,14 +64,14 @@ def make(name: str):
     return load(SHIPPED / name, dtype=torch.float32)
 
 
-MODES = ("eager", "inputs", "frozen")
+MODES = ("eager", "inputs", "frozen", "frozen_default")
 
 
 def use(model, mode: str, steps: dict) -> None:
-    """Run `model`'s next steps eagerly or through one of its two compiled steps (both kept loaded)."""
+    """Run `model`'s next steps eagerly or through one of its compiled steps (all kept loaded)."""
     model.compile_step = mode != "eager"
     if mode != "eager":
-        model.compile_frozen = mode == "frozen"
+        model.compile_frozen = mode != "inputs"
         model._compiled = steps[mode]
 
 
@@ -91,8 +96,9 @@ def step_times(model, steps: dict, B: int, T: int, reps: int, calls: int, capaci
                     times[mode].append((time.perf_counter() - t0) / calls * 1e3)
     ms = {m: statistics.median(times[m]) for m in MODES}
     row = {f"{m}_ms": v for m, v in ms.items()}
-    row.update({"frozen_vs_inputs": ms["inputs"] / ms["frozen"], "frozen_vs_eager": ms["eager"] / ms["frozen"]})
-    for m in ("inputs", "frozen"):
+    row.update({"frozen_vs_inputs": ms["inputs"] / ms["frozen"], "frozen_vs_eager": ms["eager"] / ms["frozen"],
+                "wide_vs_default": ms["frozen_default"] / ms["frozen"]})
+    for m in ("inputs", "frozen", "frozen_default"):
         row[f"{m}_max_abs_diff"] = float((outs["eager"] - outs[m]).abs().max())
         row[f"{m}_same_argmax"] = bool(torch.equal(outs["eager"].argmax(-1), outs[m].argmax(-1)))
     return row
@@ -123,6 +129,12 @@ def main(argv=None) -> None:
                 if model._compiled is None or model._compiled.run is None:
                     raise SystemExit(f"{name}: the compiled step did not build (see the warning above)")
                 steps[mode] = model._compiled
+            t0 = time.perf_counter()
+            with torch.no_grad():  # the wide library, where this CPU has one
+                model(torch.ones(1, cc.WIDE_ROWS, dtype=torch.long), model.new_cache(1, 8))
+            build_s["wide"] = time.perf_counter() - t0 if model._compiled.wide is not None else None
+            steps["frozen_default"] = copy.copy(model._compiled)
+            steps["frozen_default"].blocking = None  # every width on the default library
             out = subprocess.run([sys.executable, "-c", LOAD, name], capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": str(Path.cwd())}, check=True)
             load_s, loaded = out.stdout.split()
@@ -132,7 +144,8 @@ def main(argv=None) -> None:
                 r = step_times(model, steps, B, T, args.reps, args.calls, capacity)
                 rows.append({"model": name, "batch": B, "T": T, "capacity": capacity, **r,
                              "inputs_build_s": build_s["inputs"],
-                             "frozen_build_s": build_s["frozen"], "second_process_first_step_s": float(load_s),
+                             "frozen_build_s": build_s["frozen"], "frozen_wide_build_s": build_s["wide"],
+                             "second_process_first_step_s": float(load_s),
                              "loaded_not_built": loaded == "1"})
                 print(rows[-1], flush=True)
     info = machine()
