@@ -130,8 +130,10 @@ def main(argv=None) -> None:
                     raise SystemExit(f"{name}: the compiled step did not build (see the warning above)")
                 steps[mode] = model._compiled
             t0 = time.perf_counter()
-            with torch.no_grad():  # the wide library, where this CPU has one
-                model(torch.ones(1, cc.WIDE_ROWS, dtype=torch.long), model.new_cache(1, 8))
+            with torch.no_grad():  # the wide library, where this CPU has one (a step after a token, not a prompt)
+                c = model.new_cache(1, 8)
+                model(torch.tensor([[1]]), c)
+                model(torch.ones(1, cc.WIDE_ROWS, dtype=torch.long), c)
             build_s["wide"] = time.perf_counter() - t0 if model._compiled.wide is not None else None
             steps["frozen_default"] = copy.copy(model._compiled)
             steps["frozen_default"].blocking = None  # every width on the default library

@@ -13,12 +13,14 @@ dimensions). Two kinds, by `model.compile_frozen`:
   weight changes in place or is replaced (checked before every step: ids and version counters).
 - inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
   weights are inputs of the library; one library per architecture serves any weight values.
-A frozen library on an AVX2 CPU comes in two builds, told apart by the rows a step has (batch x T):
-inductor's default micro-kernel (4 x 16 registers) for 1-4 rows, and a second library whose GEMMs all use
-its 8 x 8 kernel for WIDE_ROWS (5) rows on, the width of a speculative or blockwise verify (k = 4) and of
-a batch of 5-16; the second is built on the first such step. Same arithmetic, other blocking: on the
-shipped target their logits were bitwise equal. Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it
-returns, so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
+A frozen library on an AVX2 CPU comes in two builds, told apart by the rows of a step (batch x T):
+inductor's default micro-kernel (4 x 16 registers) for 1-4 rows, and a second library whose GEMMs
+all use its 8 x 8 kernel for WIDE_ROWS (5) rows on: a speculative or blockwise verify (k >= 4), a
+batch of 5-16. The second is built on the first such step that is not a prompt (a prompt of 5-16
+tokens into an empty cache, a step once per call, runs the default library until the wide one
+exists). Same arithmetic, other blocking: on the shipped target their logits were bitwise equal.
+Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it returns,
+so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
 Attention reads keys up to the cache's host bound on its longest row (a size among the inputs, see
 StaticCache.step_state), not its capacity: a step costs by the context held.
 
@@ -231,7 +233,9 @@ class CompiledStep:
         if self.run is None and (self.unavailable or not self._load(cache)):
             self.unavailable = True
             return None
-        if self.blocking and rows >= WIDE_ROWS:
+        # a prompt into an empty cache is a step once per call: it runs the wide library where that
+        # is loaded, never builds it (a verify block or a batch of 5+ rows recurs every step)
+        if self.blocking and rows >= WIDE_ROWS and (self.wide is not None or cache.longest != 0):
             if self.wide is not None or self._load(cache, self.blocking):
                 return self.wide
             self.blocking = None  # the wide build failed: the default library serves every width

@@ -295,13 +295,36 @@ def test_unavailable_compiler_falls_back_to_eager(cache_dir, monkeypatch):
             model(torch.tensor([[1]]), model.new_cache(1, 4))
 
 
+def copy_default_library(src, dst) -> None:
+    for meta in src.glob("*.json"):
+        if "blocking" not in json.loads(meta.read_text())["key"]:
+            shutil.copy(meta, dst)
+            shutil.copy(meta.with_suffix(".pt2"), dst)
+
+
+def test_prompt_does_not_build_the_wide_library(library, cache_dir, monkeypatch):
+    """A prompt of 5+ rows into an empty cache (a step once per call) runs the default library and
+    builds nothing; the first wide step after it asks for the wide library."""
+    copy_default_library(library("llama"), cache_dir)
+    monkeypatch.setitem(cc.WIDE_BLOCKING, torch.backends.cpu.get_cpu_capability(), (8, 8))  # any CPU
+    asked = []
+    monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, cache, key, *a: asked.append(key.get("blocking")) or
+                        cc._open(next(library("llama").glob("*.pt2"))))  # any library: not run here
+    served = spy_libraries(monkeypatch)
+    model = build("llama")
+    model.compile_step = True
+    with torch.no_grad():
+        cache = model.new_cache(2, 16)
+        model(torch.randint(0, V, (2, 6)), cache)
+        assert served == [("default", 12)] and asked == []
+        model._compiled.library(2 * 3, cache)  # a 3-token verify: now the wide library is asked for
+    assert asked == [[8, 8]]
+
+
 def test_failed_wide_build_leaves_the_default_library_serving(library, cache_dir, monkeypatch):
     """The wide library does not build (no compiler, or this torch lacks the kernel): one warning,
     never retried, and steps of every width run the default library (still the oracle's logits)."""
-    for meta in library("llama").glob("*.json"):
-        if "blocking" not in json.loads(meta.read_text())["key"]:
-            shutil.copy(meta, cache_dir)
-            shutil.copy(meta.with_suffix(".pt2"), cache_dir)
+    copy_default_library(library("llama"), cache_dir)
     monkeypatch.setitem(cc.WIDE_BLOCKING, torch.backends.cpu.get_cpu_capability(), (8, 8))  # any CPU
     monkeypatch.setattr(cc, "_failed", set())
     asked = []
