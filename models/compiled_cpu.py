@@ -55,8 +55,9 @@ from .protocol import check_input_ids
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
 MAX_TOKENS = 16  # widest step the library takes (decode: 1, verify: k + 1)
 # steps of this many rows (batch x T) on run the library built on WIDE_BLOCKING: measured on the shipped
-# target (AMD EPYC, AVX2, 1 thread) 1.1-1.23x faster than the default kernel at 5-8 rows, 1.03-1.15x at
-# 12-20, within noise at 3-4 and 9-10, 0.85x at 1-2 rows (bench/compiled_step.py)
+# target (AMD EPYC, AVX2, 1 thread, both libraries in turn over B x T) 1.1-1.23x faster than the default
+# kernel at 5-8 rows, 1.03-1.15x at 12-20, level at 3-4 and 9-10, 0.85x at 1-2 rows; bench/compiled_step.py
+# (wide_vs_default) times 5, 8, 20 and 40 rows
 WIDE_ROWS = 5
 WIDE_BLOCKING = {"AVX2": (8, 8)}  # CPU capability -> (block_m, block_n); measured on AVX2 only
 MAX_BATCH = 1024
