@@ -212,11 +212,12 @@ class DecodeState:
         if self.rounds:
             running = torch.stack([r for r, _, _ in self.rounds])  # (rounds, B)
             row_forwards += int(running.sum())
-            k = torch.tensor([k for _, _, k in self.rounds], device=running.device)  # 0: no guesses
-            if int(k.max()):
+            ks = [k for _, _, k in self.rounds]  # guesses per round (0: none), on the host
+            if max(ks):
+                k = torch.tensor(ks, device=running.device)
                 accepted = torch.stack([torch.zeros_like(r, dtype=torch.long) if a is None else a
                                         for r, a, _ in self.rounds])  # (rounds, B)
-                pos = torch.arange(int(k.max()), device=running.device)  # (K,)
+                pos = torch.arange(max(ks), device=running.device)  # (K,)
                 proposed = (running.sum(1)[:, None] * (pos < k[:, None])).sum(0)
                 took = ((pos < accepted[..., None]) & running[..., None]).sum((0, 1))
                 rates = [a / p if p else 0.0 for a, p in zip(took.tolist(), proposed.tolist())]

@@ -354,12 +354,12 @@ def _micro_kernels(blocking: list[int] | None):
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     isa, want = type(pick_vec_isa()), tuple(blocking)
 
-    def other(c) -> bool:  # an fp32 kernel of this ISA with another blocking
-        return c.input_dtype == c.output_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls) and \
-            tuple(c.register_blocking[:2]) != want
+    def fp32(c) -> bool:  # an fp32 kernel of this ISA
+        return c.input_dtype == c.output_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls)
     saved = {cls: list(configs) for cls, configs in mg.micro_gemm_configs.items()}
-    kept = {cls: [c for c in configs if not other(c)] for cls, configs in saved.items()}
-    if not any(c.input_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls) for cs in kept.values() for c in cs):
+    kept = {cls: [c for c in configs if not fp32(c) or tuple(c.register_blocking[:2]) == want]
+            for cls, configs in saved.items()}
+    if not any(fp32(c) for configs in kept.values() for c in configs):
         raise RuntimeError(f"this torch has no {want[0]}x{want[1]} fp32 micro-kernel for {isa.__name__}")
     mg.micro_gemm_configs.update(kept)
     try:
