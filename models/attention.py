@@ -26,8 +26,8 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def kernel_for(x: Tensor, T: int):
     """`kernels.decode_attention` if its backend for x's device is Triton and T fits, else None.
     Reads DECODING_ATTN now (once per forward)."""
-    if T > KERNEL_MAX_TOKENS or not (x.is_cuda or os.environ.get("DECODING_ATTN")):
-        return None  # the CPU default: SDPA, without loading Triton
+    if not (x.is_cuda or os.environ.get("DECODING_ATTN")) or T > KERNEL_MAX_TOKENS:
+        return None  # the CPU default: SDPA, without loading Triton (nor a guard on T in an export)
     import kernels
     return kernels.decode_attention if kernels.backend(x) == "triton" else None
 

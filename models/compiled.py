@@ -16,11 +16,20 @@ from .attention import AttentionBatch
 from .rope import rope_cos_sin
 
 
-def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
+def last(x: Tensor, keep) -> Tensor:
+    """x's last `keep` positions along dim 1 (None: all). `keep` may be a size the compiled step
+    takes as an input: the check tells the export that it never exceeds T."""
+    if keep is None:
+        return x
+    torch._check(keep <= x.shape[1])
+    return x.narrow(1, x.shape[1] - keep, keep)
+
+
+def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False, keep=None):
     """LlamaDecoder's fixed-shape step: logits (B, T, V) of T real tokens per row appended at each
-    row's length (hidden=True: and the final-norm hidden states (B, T, dim)). Writes their K/V; the
-    caller advances the lengths. No checks, no syncs: the caller guarantees ids in range and
-    lengths + T <= capacity."""
+    row's length (hidden=True: and the final-norm hidden states (B, T, dim)); keep: of the last
+    `keep` tokens only (a prompt's last). Writes their K/V; the caller advances the lengths. No
+    checks, no syncs: the caller guarantees ids in range and lengths + T <= capacity."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
     batch = AttentionBatch.static(slots, cache.lengths + T, cache.readable)
@@ -28,7 +37,7 @@ def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
     x = model.embed(input_ids)
     for layer in model.layers:
         x = layer(x, cos, sin, cache, batch)
-    h = model.norm(x)
+    h = model.norm(last(x, keep))
     return (model.lm_head(h), h) if hidden else model.lm_head(h)
 
 

@@ -1,11 +1,12 @@
 """The compiled CPU step: a native model's fixed-shape decode/verify step (`model.static_logits`,
 models/compiled.py) exported once with torch.export and compiled ahead of time by AOTInductor into
 one C++ library, so a step is a single call with no Python per op (the CPU's CUDA graph). It returns
-the logits and the final-norm hidden states, so blockwise decoding's verify (whose heads read them)
-runs through it too.
+the logits and the final-norm hidden states of the kept tokens (logits_to_keep), so blockwise
+decoding's verify (whose heads read them) runs through it too, and so does a pad-free prompt of up to
+PROMPT_ROWS rows (its last token's logits only).
 
-One library serves every batch size, cache capacity and step width T <= MAX_TOKENS (dynamic
-dimensions). Two kinds, by `model.compile_frozen`:
+One library serves every batch size, cache capacity, step width T <= MAX_TOKENS and kept count
+(dynamic dimensions). Two kinds, by `model.compile_frozen`:
 - frozen (the native models' default): the weights are constants of the library, prepacked at
   build time for inductor's C++ GEMM micro-kernels (FROZEN_CONFIG). Faster than MKL at the small row counts of decoding (batch x T <= 16 rows) on
   the CPUs measured, most at T = k + 1 (verify) and beam widths. The library holds its own copy of
@@ -53,7 +54,11 @@ from . import compile_speed
 from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
-MAX_TOKENS = 16  # widest step the library takes (decode: 1, verify: k + 1)
+MAX_TOKENS = 128  # widest step the library takes (decode: 1, verify: k + 1, a short prompt)
+# a longer step (a prompt, a chunk) of at most this many rows (batch x T) runs the library too: measured on
+# the shipped target (AMD EPYC, 1 thread, one library call against the eager forward, last row's logits)
+# 0.69x the eager time at 1 x 32 rows, 0.80x at 64, 0.90x at 96, 0.89-0.98x at 128, 1.03x at 256
+PROMPT_ROWS = 128
 # steps of this many rows (batch x T) on run the library built on WIDE_BLOCKING: measured on the shipped
 # target (AMD EPYC, AVX2, 1 thread, both libraries in turn over B x T) 1.1-1.23x faster than the default
 # kernel at 5-8 rows, 1.03-1.15x at 12-20, level at 3-4 and 9-10, 0.85x at 1-2 rows; bench/compiled_step.py
@@ -76,6 +81,7 @@ FROZEN_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_back
 # both kinds: no debug line tables in the C++ (-g1 doubled the kernel file's compile: 3.2 -> 6.3 s
 # for the shipped target, the wrapper's 7.8 -> 10.0 s; the code is the same)
 BUILD_CONFIG = {"aot_inductor.enable_line_tables": False}
+_KEEP = torch.empty(MAX_TOKENS, dtype=torch.uint8)  # views of it tell the library how many rows' logits to return
 _failed: set[str] = set()  # keys whose compile failed in this process: eager from then on
 _registered = [0]  # parameters registered on any module since import (a replaced weight)
 
@@ -154,8 +160,8 @@ class _Step(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, cache) -> tuple[Tensor, Tensor]:
-        return self.model.static_logits(input_ids, cache, hidden=True)
+    def forward(self, input_ids: Tensor, cache, keep: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.static_logits(input_ids, cache, hidden=True, keep=keep.shape[0])
 
 
 class _Exported(nn.Module):
@@ -167,9 +173,9 @@ class _Exported(nn.Module):
         self._step = [_Step(model)]
         self.names, self.template = [f"model.{n}" for n in names], template
 
-    def forward(self, input_ids: Tensor, weights: list[Tensor], state: list[Tensor]) -> Tensor:
+    def forward(self, input_ids: Tensor, weights: list[Tensor], state: list[Tensor], keep: Tensor) -> Tensor:
         cache = self.template.from_state(state)
-        return torch.func.functional_call(self._step[0], dict(zip(self.names, weights)), (input_ids, cache),
+        return torch.func.functional_call(self._step[0], dict(zip(self.names, weights)), (input_ids, cache, keep),
                                           tie_weights=False, strict=False)
 
 
@@ -180,8 +186,8 @@ class _Frozen(nn.Module):
         super().__init__()
         self.model, self.template = model, template
 
-    def forward(self, input_ids: Tensor, state: list[Tensor]) -> tuple[Tensor, Tensor]:
-        return self.model.static_logits(input_ids, self.template.from_state(state), hidden=True)
+    def forward(self, input_ids: Tensor, state: list[Tensor], keep: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.static_logits(input_ids, self.template.from_state(state), hidden=True, keep=keep.shape[0])
 
 
 class CompiledStep:
@@ -202,7 +208,8 @@ class CompiledStep:
     def matches(self, model) -> bool:
         """Still the library of `model` as it is now: no weight replaced, and for a frozen library
         none written to (a few us a step)."""
-        if model.dtype != self.dtype or model.device != self.device or self.frozen != bool(model.compile_frozen):
+        w = self.weights[0]  # a dtype or device move changes every weight's data, not the Parameter
+        if w.dtype != self.dtype or w.device != self.device or self.frozen != bool(model.compile_frozen):
             return False
         if _registered[0] != self.registered:  # some parameter was (re)assigned: look again
             now = list(dict(model.named_parameters(remove_duplicate=False)).values())
@@ -211,17 +218,18 @@ class CompiledStep:
             self.registered = _registered[0]
         return not self.frozen or _stamp(self.weights) == self.stamp
 
-    def __call__(self, input_ids: Tensor, cache) -> tuple[Tensor, Tensor] | None:
-        """(logits (B, T, V), final-norm hidden states (B, T, dim)) with the cache advanced, or None
-        where the library is unavailable."""
+    def __call__(self, input_ids: Tensor, cache, keep: int = 0) -> tuple[Tensor, Tensor] | None:
+        """(logits (B, T', V), final-norm hidden states (B, T', dim)) of the last T' = keep tokens (0:
+        all T) with the cache advanced, or None where the library is unavailable."""
         run = self.library(input_ids.numel(), cache)
         if run is None:
             return None
         T = input_ids.shape[1]
         cache.reserve(T)  # raises on overflow; reads the lengths back only near the capacity
-        ids = input_ids.long().contiguous()
+        ids, kept = input_ids.long().contiguous(), _KEEP[:keep or T]  # the size of a view is an input
         try:
-            logits, hidden = run([ids, *cache.step_state()] if self.frozen else [ids, *self.weights, *cache.step_state()])
+            logits, hidden = run([ids, *cache.step_state(), kept] if self.frozen else
+                                 [ids, *self.weights, *cache.step_state(), kept])
         except RuntimeError:
             check_input_ids(input_ids, self.model.vocab_size)  # a bad id: the protocol's error
             raise
@@ -281,12 +289,13 @@ class CompiledStep:
         t0 = time.perf_counter()
         # example shapes all distinct from each other and from the model's own sizes (no accidental
         # specialisation); every one of them is dynamic in the library
-        example = model.new_cache(2, min(67, model.config.max_seq_len), dtype=self.dtype, device=self.device)
+        example = model.new_cache(2, min(MAX_TOKENS + 3, model.config.max_seq_len), dtype=self.dtype, device=self.device)
         example.lengths.copy_(torch.tensor([0, 1], dtype=torch.int32))
         example.reserve(min(11, example.capacity - 1))  # the key range's example size (step_state)
-        ids = torch.zeros(2, 3, dtype=torch.long, device=self.device)
+        ids, keep = torch.zeros(2, 7, dtype=torch.long, device=self.device), _KEEP[:3]
         B, T, S = Dim("batch", min=1, max=MAX_BATCH), Dim("tokens", min=1, max=MAX_TOKENS), \
             Dim("capacity", min=2, max=max(3, model.config.max_seq_len))
+        K = Dim("keep", min=1, max=MAX_TOKENS)
         dims = {"B": B, "S": S, "L": Dim("keys", min=1, max=max(2, model.config.max_seq_len))}
         state_dims = [{i: dims[tag] for i, tag in d.items()} for d in example.step_dims()]
         from torch._inductor import config as inductor_config
@@ -299,13 +308,13 @@ class CompiledStep:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
             if self.frozen:
-                ep = torch.export.export(_Frozen(model, example), (ids, example.step_state()),
-                                         dynamic_shapes=({0: B, 1: T}, state_dims), strict=False)
+                ep = torch.export.export(_Frozen(model, example), (ids, example.step_state(), keep),
+                                         dynamic_shapes=({0: B, 1: T}, state_dims, {0: K}), strict=False)
                 configs = FROZEN_CONFIG
             else:
                 ep = torch.export.export(_Exported(model, self.names, example),
-                                         (ids, [w.detach() for w in self.weights], example.step_state()),
-                                         dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims),
+                                         (ids, [w.detach() for w in self.weights], example.step_state(), keep),
+                                         dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims, {0: K}),
                                          strict=False)
                 configs = {}
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .attention import AttentionBatch, attend
 from .cache import StaticCache
+from .compiled import last
 from .layout import k_major_
 from .native import NativeDecoder
 
@@ -149,17 +150,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def gpt2_static_logits(model, input_ids: Tensor, cache, hidden: bool = False):
+def gpt2_static_logits(model, input_ids: Tensor, cache, hidden: bool = False, keep=None):
     """GPT2Decoder's fixed-shape step (models/compiled.py): logits (B, T, V) of T real tokens per
     row appended at each row's length, which are also their positions (hidden=True: and the ln_f
-    hidden states). Writes their K/V; the caller advances the lengths. No checks, no syncs."""
+    hidden states; keep: of the last `keep` tokens only). Writes their K/V; the caller advances the
+    lengths. No checks, no syncs."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
     batch = AttentionBatch.static(slots, cache.lengths + T, cache.readable)
     x = model.embed(input_ids) + model.wpe(slots)
     for layer in model.layers:
         x = layer(x, cache, batch)
-    h = model.ln_f(x)
+    h = model.ln_f(last(x, keep))
     return (model.lm_head(h), h) if hidden else model.lm_head(h)
 
 
@@ -219,8 +221,8 @@ class GPT2Decoder(NativeDecoder):
             raise ValueError(f"positions must lie in [0, {self.config.n_positions}) (the model's n_positions); "
                              "shorten the prompt or max_new_tokens") from None
 
-    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False):
-        return gpt2_static_logits(self, input_ids, cache, hidden)
+    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False, keep=None):
+        return gpt2_static_logits(self, input_ids, cache, hidden, keep)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """ln_f hidden states (B, T, dim) of a full causal pass, no cache."""

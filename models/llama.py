@@ -162,8 +162,8 @@ class LlamaDecoder(NativeDecoder):
 
     __call__ = nn.Module.__call__
 
-    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False):
-        return llama_static_logits(self, input_ids, cache, hidden)
+    def static_logits(self, input_ids: Tensor, cache: StaticCache, hidden: bool = False, keep=None):
+        return llama_static_logits(self, input_ids, cache, hidden, keep)
 
     def hidden_train(self, input_ids: Tensor) -> Tensor:
         """Final-norm hidden states (B, T, dim) of a full causal pass, no cache."""

@@ -4,7 +4,8 @@ protocol they have alike, the input checks, and the choice of how a decode/verif
 A step of T <= `step_max_tokens` new tokens per row, none of them padding, is the fixed-shape step
 of models/compiled.py: replayed as a CUDA graph on GPU, and on CPU run by the compiled step of
 models/compiled_cpu.py (`compile_step`: None = automatic, False = always eager, True = compiled
-wherever it can be). Every other forward (prefills, masks, hidden states) runs eagerly.
+wherever it can be), which also takes a pad-free prompt or chunk of up to compiled_cpu.PROMPT_ROWS
+rows (batch x T). Every other forward (long prefills, masks, positions) runs eagerly.
 
 No forward reads a value back to the host on CPU: token ids are range-checked by the embedding
 itself (a bad id raises before the cache changes), cache lengths by the cache's host-side bound.
@@ -137,40 +138,42 @@ class NativeDecoder(nn.Module):
     def checked_step(self, input_ids: Tensor, cache, attention_mask, positions, logits_to_keep: int,
                      return_hidden: bool):
         """Every forward's start: the protocol's checks, then the output of the fixed-shape step
-        when this forward is one (no mask, no positions, at most step_max_tokens) and a compiled
+        when this forward is one (no mask, no positions, `fixed_step`) and a compiled
         step or CUDA graph runs it; None: the caller runs eagerly."""
         self.check_inputs(input_ids, cache, attention_mask, positions, logits_to_keep)
-        if attention_mask is None and positions is None and input_ids.shape[1] <= self.step_max_tokens:
+        if attention_mask is None and positions is None and self.fixed_step(*input_ids.shape, input_ids.is_cuda):
             return self.run_step(input_ids, cache, logits_to_keep, return_hidden)
         return None
+
+    def fixed_step(self, B: int, T: int, cuda: bool) -> bool:
+        """Does a mask-free forward of B x T tokens take the fixed-shape step: T <= step_max_tokens,
+        or on CPU (step_max_tokens > 0) a prompt or chunk of up to compiled_cpu.PROMPT_ROWS rows."""
+        if T <= self.step_max_tokens:
+            return True
+        from .compiled_cpu import MAX_TOKENS, PROMPT_ROWS
+        return not cuda and self.step_max_tokens > 0 and T <= MAX_TOKENS and B * T <= PROMPT_ROWS
 
     def run_step(self, input_ids: Tensor, cache, logits_to_keep: int, return_hidden: bool = False):
         """Logits (return_hidden: and final-norm hidden states) of a fixed-shape step through CUDA
         graphs or the compiled CPU step; None when neither applies here (then the caller runs eagerly)."""
-        hidden = None
-        if input_ids.is_cuda:
-            from .compiled import GraphedStep
-            # eager: a prompt into an empty cache (not worth a graph), hidden states (no graph keeps them)
-            if return_hidden or not self.cuda_graphs or (not cache.longest and cache.sync_longest() == 0):
-                return None
-            cache.reserve(input_ids.shape[1])  # raises on overflow
-            if self._graphed is None:
-                self._graphed = GraphedStep(self)
-            logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
-        elif input_ids.device.type == "cpu":
+        if input_ids.device.type == "cpu":
             from . import compiled_cpu
             if not compiled_cpu.wanted(self, cache):
                 return None
             if self._compiled is None or not self._compiled.matches(self):
                 self._compiled = compiled_cpu.CompiledStep(self)
-            out = self._compiled(input_ids, cache)
-            if out is None:
-                return None
-            logits, hidden = out
-        else:
+            out = self._compiled(input_ids, cache, logits_to_keep)  # the kept rows only
+            return out if out is None or return_hidden else out[0]
+        # CUDA graphs; eager: a prompt into an empty cache (not worth a graph), hidden states (no graph keeps them)
+        if not input_ids.is_cuda or return_hidden or not self.cuda_graphs or \
+                (not cache.longest and cache.sync_longest() == 0):
             return None
-        keep = slice(-logits_to_keep if logits_to_keep else None, None)
-        return (logits[:, keep], hidden[:, keep]) if return_hidden else logits[:, keep]
+        from .compiled import GraphedStep
+        cache.reserve(input_ids.shape[1])  # raises on overflow
+        if self._graphed is None:
+            self._graphed = GraphedStep(self)
+        logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
+        return logits[:, -logits_to_keep if logits_to_keep else None:]
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

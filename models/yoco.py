@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention import AttentionBatch, attend
+from .compiled import last
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
 from .layout import k_major_
@@ -258,10 +259,11 @@ class YOCODecoder(NativeDecoder):
             x = blk(x, cos, sin, attn)
         return self.norm(x)
 
-    def static_logits(self, input_ids: Tensor, cache: YOCOCache, hidden: bool = False):
+    def static_logits(self, input_ids: Tensor, cache: YOCOCache, hidden: bool = False, keep=None):
         """The fixed-shape step (models/compiled.py): T real tokens per row at each row's length,
-        keys over the cache's readable range (hidden=True: and the final-norm hidden states); writes rings
-        and K/V, the caller advances lengths and high."""
+        keys over the cache's readable range (hidden=True: and the final-norm hidden states; keep:
+        only the last `keep` tokens go through the cross-decoder, as the eager early exit); writes
+        rings and K/V, the caller advances lengths and high."""
         T = input_ids.shape[1]
         start = cache.lengths
         n_new = torch.full_like(start, T)
@@ -269,6 +271,7 @@ class YOCODecoder(NativeDecoder):
         cos, sin = rope_cos_sin(slots, self.inv_freq, self.dtype)
         x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
                                torch.maximum(cache.high, start + T), slots, chunk=None)
+        x, cos, sin, slots = (last(t, keep) for t in (x, cos, sin, slots))
         batch = AttentionBatch.static(slots, start + T, cache.readable)
         h = self._cross_decoder(x, cos, sin, cache, batch)
         return (self.lm_head(h), h) if hidden else self.lm_head(h)

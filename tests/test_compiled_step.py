@@ -321,6 +321,42 @@ def test_prompt_does_not_build_the_wide_library(library, cache_dir, monkeypatch)
     assert asked == [[8, 8]]
 
 
+@pytest.mark.parametrize("name", ["llama", "yoco"])
+def test_prompt_of_up_to_prompt_rows_runs_the_library(name, library, cache_dir, monkeypatch):
+    """A pad-free prompt longer than step_max_tokens and of at most PROMPT_ROWS rows (batch x T) runs
+    the library, which returns the kept rows only (YOCO: only they pass the cross-decoder): logits
+    against the float64 oracle and the eager forward, then a decode step that reads the K/V the
+    prompt wrote. More rows, or a mask, run eagerly."""
+    for f in library(name).iterdir():
+        shutil.copy(f, cache_dir)
+    no_build(monkeypatch)
+    monkeypatch.setattr(cc, "PROMPT_ROWS", 40)
+    served = spy_libraries(monkeypatch)
+    model = build(name)
+    model.compile_step = True
+    oracle = RecomputeModel(copy.deepcopy(model).double())
+    g = torch.Generator().manual_seed(3)
+    for B, T, keep, compiled, mask in ((2, 20, 1, True, False), (1, 33, 0, True, False), (2, 18, 3, True, False),
+                                       (3, 20, 1, False, False), (2, 20, 1, False, True)):
+        ids = torch.randint(0, V, (B, T), generator=g)
+        cache, eager, ocache = model.new_cache(B, 48), model.new_cache(B, 48), oracle.new_cache(B, 48)
+        n = len(served)
+        with torch.no_grad():
+            out = model(ids, cache, logits_to_keep=keep, attention_mask=torch.ones_like(ids) if mask else None)
+            assert len(served) == n + compiled
+            ref = oracle(ids, ocache)[:, -keep if keep else 0:]
+            model.compile_step = False
+            e = model(ids, eager, logits_to_keep=keep)
+            model.compile_step = True
+            for got in (out, e):
+                assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4), (B, T, (got - ref).abs().max())
+                assert torch.equal(got.argmax(-1), ref.argmax(-1))
+            assert (out - e).abs().max() < 1e-5
+            nxt = torch.randint(0, V, (B, 1), generator=g)
+            out, ref = model(nxt, cache), oracle(nxt, ocache)
+            assert torch.allclose(out, ref, atol=1e-4) and torch.equal(out.argmax(-1), ref.argmax(-1))
+
+
 def test_failed_wide_build_leaves_the_default_library_serving(library, cache_dir, monkeypatch):
     """The wide library does not build (no compiler, or this torch lacks the kernel): one warning,
     never retried, and steps of every width run the default library (still the oracle's logits)."""
