@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import decoding
-from decoding.finite import Guard, NonFiniteLogitsError
+from decoding.finite import CHECK_EVERY, Guard, NonFiniteLogitsError
 from hf_tiny import tiny
 
 INF, NAN = float("inf"), float("nan")
@@ -30,18 +30,26 @@ def steps_of(bad: dict, rows: int, steps: int, V: int = 7) -> list[torch.Tensor]
     ({(4, 1): NAN}, 1, "step 4 (prompt 1)"),
     ({(2, 3): INF, (5, 0): NAN}, 1, "step 5 (prompt 0)"),  # the lowest row that went bad, at its first step
     ({(1, 3): INF, (6, 3): NAN}, 2, "step 1 (prompt 1, sequence 1)"),
+    ({(CHECK_EVERY + 1, 2): NAN}, 1, f"step {CHECK_EVERY + 1} (prompt 2)"),  # seen at the second look
 ])
 def test_guard_names_the_first_bad_step_of_the_first_bad_row(bad, per, where):
-    g = Guard(rows=4, steps=8, device="cpu", per=per)
-    flags = [bool(g.check(x, s)) for s, x in enumerate(steps_of(bad, 4, 8))]
-    assert flags == [any(bs == s for bs, _ in bad) for s in range(8)]  # the strategy stops on the first
+    steps = 2 * CHECK_EVERY
+    g = Guard(rows=4, steps=steps, device="cpu", per=per)
+    logits = steps_of(bad, 4, steps)
+    flags = [g.check(x, s) for s, x in enumerate(logits)]
+    # a flag at the end of every CHECK_EVERY steps, raised where a step of that stretch went bad
+    assert [f is not None for f in flags] == [(s + 1) % CHECK_EVERY == 0 for s in range(steps)]
+    assert [bool(f) for f in flags if f is not None] == \
+        [any(s - CHECK_EVERY < bs <= s for bs, _ in bad) for s in range(CHECK_EVERY - 1, steps, CHECK_EVERY)]
     with pytest.raises(NonFiniteLogitsError, match=re.escape(where)):
         g.raise_if_bad()
+    g.check(logits[-1], steps - 1)  # the reduction's argmax is torch.argmax (first maximum)
+    assert torch.equal(g.argmax, logits[-1].argmax(-1))
 
 
 def test_guard_passes_finite_and_minus_inf_logits():
-    g = Guard(rows=2, steps=3, device="cpu")
-    for s, x in enumerate(steps_of({}, 2, 3)):
+    g = Guard(rows=2, steps=CHECK_EVERY, device="cpu")
+    for s, x in enumerate(steps_of({}, 2, CHECK_EVERY)):
         x[1] = -INF  # a row with every token removed is not the model's NaN
         assert not bool(g.check(x, s))
     g.raise_if_bad()

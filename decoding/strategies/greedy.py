@@ -29,6 +29,8 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         cache.repeat(n)
         logits = logits.repeat_interleave(n, 0)
     guard = Guard.of(cfg, state.batch_size, device, per=n)
+    # greedy on the raw logits: the guard's reduction is the argmax (torch.max's first maximum, as argmax)
+    raw_argmax = guard is not None and not cfg.do_sample and not pipeline.active
     for step in range(cfg.max_new_tokens):
         bad = guard.check(logits[:, -1], step) if guard is not None else None
         scores = logits[:, -1].float()  # (B*n, V)
@@ -36,7 +38,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
             scores = pipeline(scores, state.context())
         if scores_out is not None:
             scores_out.append(scores)
-        chosen = choose(scores)
+        chosen = guard.argmax if raw_argmax else choose(scores)
         tokens = state.append_one(chosen)
         if step + 1 == cfg.max_new_tokens:
             break
