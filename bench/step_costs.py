@@ -38,18 +38,37 @@ from models.artifacts import SHIPPED
 
 class Timed:
     """Wraps obj.<name> (an instance attribute shadows the method) and logs (name, start, end) of
-    every call into `log`."""
+    every call into `log`; a call made inside another logged call of the same name is not logged
+    again (a bound forward's masked step runs the forward itself)."""
 
-    def __init__(self, obj, attr: str, name: str, log: list):
-        self.fn, self.name, self.log = getattr(obj, attr), name, log
+    def __init__(self, obj, attr: str, name: str, log: list, fn=None):
+        self.fn, self.name, self.log = fn or getattr(obj, attr), name, log
         self.__signature__ = inspect.signature(self.fn)  # callers inspect forward's arguments
-        setattr(obj, attr, self)
+        if obj is not None:
+            setattr(obj, attr, self)
 
     def __call__(self, *args, **kw):
+        if self.name in _busy:
+            return self.fn(*args, **kw)
+        _busy.add(self.name)
         t0 = time.perf_counter()
-        out = self.fn(*args, **kw)
+        try:
+            out = self.fn(*args, **kw)
+        finally:
+            _busy.discard(self.name)
         self.log.append((self.name, t0, time.perf_counter()))
         return out
+
+
+_busy: set[str] = set()  # names of the logged calls now running
+
+
+def time_steps(model, name: str, log: list) -> None:
+    """Logs, as `name`, the model's forwards (the prefill) and every step of the forwards it binds
+    to a cache (model.forward_on: the strategies' decode, draft and verify steps)."""
+    Timed(model, "forward", name, log)
+    bind = model.forward_on
+    model.forward_on = lambda cache: Timed(None, "", name, log, fn=bind(cache))
 
 
 def median_ms(items: dict, reps: int, calls: int) -> dict:
@@ -108,8 +127,9 @@ def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dic
     on the skeleton it also verifies round 1's guesses) to the end of the call."""
     fixed = dict(max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
     log: list = []
-    for obj, attr, name in ((target, "forward", "target"), (draft, "forward", "draft"), (heads, "propose", "heads")):
-        Timed(obj, attr, name, log)
+    time_steps(target, "target", log)
+    time_steps(draft, "draft", log)
+    Timed(heads, "propose", "heads", log)
     modes = {"greedy": {},
              f"speculative k={k}": dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=0,
                                         num_assistant_tokens_schedule="constant"),

@@ -38,6 +38,7 @@ class DraftProposer(Proposer):
         self.setup = setup
         self.size, self.clamped = cache_size(self.model, setup.ids.shape[1], setup.max_new, self.most)
         self.cache = self.model.new_cache(setup.ids.shape[0], self.size)
+        self.forward = self.model.forward_on(self.cache)  # its checks done once, not every draft step
 
     def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int, bool]:
         """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real), the
@@ -77,7 +78,7 @@ class DraftProposer(Proposer):
         tokens, probs = [], []
         for j in range(steps):
             state.count_forward(draft=True)
-            scores = self.model(feed, self.cache, attention_mask=mask, logits_to_keep=1)[:, -1, :s.vocab].float()
+            scores = self.forward(feed, mask, 1)[:, -1, :s.vocab].float()
             if s.pipeline.active:  # (B, V) processed as the target's, after the guesses so far
                 prefix = torch.stack(tokens, 1) if tokens else feed.new_zeros(feed.shape[0], 0)
                 scores = process(s.pipeline, state, scores, prefix, first=j)

@@ -19,9 +19,11 @@ Plugging in an algorithm:
         propose(state, k) -> Proposal    tokens (B, K <= k); q (B, K, V) the probabilities they were
                                          drawn from, or None for a deterministic guess (a one-hot);
                                          valid (B, K) bool or None when rows guessed fewer tokens
-        target_forward(target, ids, cache, mask, keep) -> logits (B, keep, V)
-                                         the verify forward; override to get more out of it (hidden
-                                         states for blockwise heads) and keep them for observe
+        target_forward(forward, ids, mask, keep) -> logits (B, keep, V)
+                                         the verify forward (`forward`: the target's forward bound
+                                         to its cache, model.forward_on); override to get
+                                         more out of it (hidden states for blockwise heads) and
+                                         keep them for observe
         observe(rnd: Round)              after acceptance: roll back, prepare the next guess
         nbytes() -> int                  its own KV cache, if any
     rule(proposal, scores (B, K+1, V), generator) -> (accepted (B,), next (B,))
@@ -94,8 +96,8 @@ class Proposer:
     def propose(self, state: DecodeState, k: int) -> Proposal:
         raise NotImplementedError
 
-    def target_forward(self, target, ids: Tensor, cache, mask: Tensor | None, keep: int) -> Tensor:
-        return target(ids, cache, attention_mask=mask, logits_to_keep=keep)
+    def target_forward(self, forward, ids: Tensor, mask: Tensor | None, keep: int) -> Tensor:
+        return forward(ids, mask, keep)
 
     def observe(self, rnd: Round) -> None:
         pass
@@ -237,6 +239,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
     proposer.start(Setup(ids, mask, lengths, state, pipeline, generator, V, max_new, cfg.do_sample))
     size, clamped = cache_size(target, prompt.width, max_new, schedule.most)
     cache = target.new_cache(B, size)
+    forward = target.forward_on(cache)  # its checks done once, not every round
     scores_out = None
     if cfg.output_scores:  # HF layout: one (B, V_target) tensor per new-token column
         scores_out = torch.full((B, max_new, target.vocab_size), float("-inf"), device=device)
@@ -262,7 +265,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
             if pending_mask is not None:
                 x_mask[:, :pending.shape[1]] &= pending_mask
         state.count_forward(running=running)
-        logits = proposer.target_forward(target, x, cache, x_mask, K + 1)  # (B, K+1, V_target)
+        logits = proposer.target_forward(forward, x, x_mask, K + 1)  # (B, K+1, V_target)
         scores = block_scores(pipeline, state, logits[..., :V], draft)  # (B, K+1, V)
         accepted, nxt = rule(proposal, scores, generator)
         tokens = torch.cat([draft, nxt[:, None]], 1)  # (B, K+1)

@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from .protocol import CAPABILITIES, special_tokens
+from .protocol import CAPABILITIES, bound_forward, special_tokens
 
 _ADAPTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -42,7 +42,7 @@ class Declared:
     """A native model with only the protocol's operations, and the capabilities it does not declare
     filled in: ids below vocab_size, the device of its parameters, the position limit of its
     config (max_seq_len), no rollback limit, hidden states if its forward takes return_hidden, its
-    config's special tokens."""
+    config's special tokens, its forward as forward_on."""
 
     def __init__(self, model):
         self.model = model
@@ -61,6 +61,8 @@ class Declared:
         self.generation_defaults = getattr(model, "generation_defaults", None) or special_tokens(config)
         self.new_cache = model.new_cache
         self.forward = model.forward
+        if not callable(getattr(model, "forward_on", None)):
+            self.forward_on = lambda cache: bound_forward(self, cache)
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from .protocol import cache_overflow, check_input_ids, special_tokens
+from .protocol import bound_forward, cache_overflow, check_input_ids, special_tokens
 
 
 def is_hf_model(model) -> bool:
@@ -285,6 +285,9 @@ class HFModel:
                                                          max_cache_len=self.call.static_len,
                                                          prefill_chunk_size=None, model_kwargs={})
         return cache
+
+    def forward_on(self, cache: HFCache):
+        return bound_forward(self, cache)  # every step is HF's own forward: nothing to do once
 
     def forward(self, input_ids: Tensor, cache: HFCache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:

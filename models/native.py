@@ -175,6 +175,32 @@ class NativeDecoder(nn.Module):
         logits = self._graphed(input_ids, cache).clone()  # the graph reuses its output buffer
         return logits[:, -logits_to_keep if logits_to_keep else None:]
 
+    def forward_on(self, cache):
+        """This model's forward on `cache` for one generate() call's steps, (input_ids,
+        attention_mask=None, logits_to_keep=0, return_hidden=False) -> its output: on CPU, a mask-free
+        step of up to step_max_tokens goes straight to the compiled step, the switch and the weight
+        check done once, here, and the protocol's checks left to the caller (a strategy's ids are
+        right by construction): ~70 us a step less (the draft's step is ~0.15 ms). Weights changed
+        during the call are not seen (a direct forward checks them every time); anything else is
+        the forward itself."""
+        def forward(ids, attention_mask=None, logits_to_keep=0, return_hidden=False):
+            return self(ids, cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
+                        return_hidden=return_hidden)
+        from . import compiled_cpu
+        if self.device.type != "cpu" or not self.step_max_tokens or not compiled_cpu.wanted(self, cache):
+            return forward
+        if self._compiled is None or not self._compiled.matches(self):
+            self._compiled = compiled_cpu.CompiledStep(self)
+        compiled, most = self._compiled, self.step_max_tokens
+
+        def step(ids, attention_mask=None, logits_to_keep=0, return_hidden=False):
+            if attention_mask is None and ids.shape[1] <= most:
+                out = compiled(ids, cache, logits_to_keep)
+                if out is not None:
+                    return out if return_hidden else out[0]
+            return forward(ids, attention_mask, logits_to_keep, return_hidden)
+        return step
+
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if non_embedding else n

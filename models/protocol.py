@@ -8,7 +8,7 @@ that declares only the operations gets the conservative defaults).
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -57,9 +57,19 @@ class DecoderModel(Protocol):
     def forward(self, input_ids: Tensor, cache: Cache, *, positions: Tensor | None = None,
                 attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor: ...
 
+    # forward bound to one call's cache: (input_ids, attention_mask=None, logits_to_keep=0, **kw) ->
+    # forward's output; a model may do its per-forward checks once here (default: bound_forward)
+    def forward_on(self, cache: Cache) -> Callable: ...
+
 
 CAPABILITIES = ("embed_size", "device", "max_positions", "runs_past_max_positions", "max_rollback",
-                "rollback_window", "hf_passthrough", "returns_hidden", "generation_defaults")
+                "rollback_window", "hf_passthrough", "returns_hidden", "generation_defaults", "forward_on")
+
+
+def bound_forward(model, cache) -> Callable:
+    """forward_on's default: the model's forward itself on `cache`."""
+    return lambda ids, attention_mask=None, logits_to_keep=0, **kw: \
+        model(ids, cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kw)
 
 
 def special_tokens(config) -> dict:

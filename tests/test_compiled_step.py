@@ -357,6 +357,44 @@ def test_prompt_of_up_to_prompt_rows_runs_the_library(name, library, cache_dir, 
             assert torch.allclose(out, ref, atol=1e-4) and torch.equal(out.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("name", ["llama", "yoco"])
+def test_forward_on_a_cache_is_the_forward_without_its_per_step_checks(name, library, cache_dir, monkeypatch):
+    """forward_on(cache), the strategies' step: for decode and verify steps (hidden states too) the
+    library straight, its checks done once when bound (no wanted / matches / check_inputs per
+    step), same logits as the forward on a twin cache and the float64 oracle; a masked step is the
+    forward itself."""
+    for f in library(name).iterdir():
+        shutil.copy(f, cache_dir)
+    no_build(monkeypatch)
+    model = build(name)
+    model.compile_step = True
+    oracle = RecomputeModel(copy.deepcopy(model).double())
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, V, (2, 6), generator=g)
+    cache, twin, ocache = model.new_cache(2, 40), model.new_cache(2, 40), oracle.new_cache(2, 40)
+    with torch.no_grad():
+        for c in (cache, twin, ocache):
+            (oracle if c is ocache else model)(prompt, c)
+        step = model.forward_on(cache)
+        checks = []
+        for f in ("wanted", "check_inputs"):
+            target = cc if f == "wanted" else type(model)
+            real = getattr(target, f)
+            monkeypatch.setattr(target, f, lambda *a, real=real, f=f: checks.append(f) or real(*a))
+        for T, keep, hidden, mask in ((1, 0, False, False), (4, 0, True, False), (1, 1, False, True), (3, 2, False, False)):
+            ids = torch.randint(0, V, (2, T), generator=g)
+            m = torch.ones_like(ids) if mask else None
+            n = len(checks)
+            out = step(ids, m, keep, return_hidden=hidden)
+            assert (len(checks) > n) == mask  # only the masked step went through the forward
+            ref = model(ids, twin, attention_mask=m, logits_to_keep=keep, return_hidden=hidden)
+            o = oracle(ids, ocache)[:, -keep if keep else 0:]
+            (out, ref) = (out[0], ref[0]) if hidden else (out, ref)
+            assert out.shape == ref.shape == o.shape and (out - ref).abs().max() < 1e-5
+            assert torch.allclose(out, o, atol=1e-4) and torch.equal(out.argmax(-1), o.argmax(-1))
+            assert cache.lengths.tolist() == twin.lengths.tolist() == ocache.lengths.tolist()
+
+
 def test_failed_wide_build_leaves_the_default_library_serving(library, cache_dir, monkeypatch):
     """The wide library does not build (no compiler, or this torch lacks the kernel): one warning,
     never retried, and steps of every width run the default library (still the oracle's logits)."""

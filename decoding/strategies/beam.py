@@ -59,12 +59,13 @@ class BeamDecoder:
         logits = self.model(p.ids, self.cache, attention_mask=p.mask, logits_to_keep=1)[:, -1]  # (B, V)
         self.forwards += 1
         self.cache.repeat(self.N)
+        self.step = self.model.forward_on(self.cache)  # the decode steps' forward, its checks done once
         return logits.float().repeat_interleave(self.N, 0)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B*N,) -> logits (B*N, V) float32 of the next position."""
         self.forwards += 1
-        return self.model(tokens[:, None], self.cache)[:, -1].float()
+        return self.step(tokens[:, None])[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
         """Beams <- beams[index] (B*N,): the cache and the seen tokens follow their beams."""

@@ -50,8 +50,8 @@ class HeadsProposer(Proposer):
         self.setup = setup
         self.guess = None  # (B, k) next round's proposals; none before the prefill
 
-    def target_forward(self, target, ids: Tensor, cache, mask: Tensor | None, keep: int) -> Tensor:
-        logits, self.hidden = target(ids, cache, attention_mask=mask, logits_to_keep=keep, return_hidden=True)
+    def target_forward(self, forward, ids: Tensor, mask: Tensor | None, keep: int) -> Tensor:
+        logits, self.hidden = forward(ids, mask, keep, return_hidden=True)
         return logits  # hidden (B, keep, dim) waits for observe
 
     def propose(self, state, k: int) -> Proposal:

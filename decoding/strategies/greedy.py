@@ -28,6 +28,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     if n > 1:  # one prefill per prompt, then fan the cache out (rows b*n .. b*n+n-1, HF's layout)
         cache.repeat(n)
         logits = logits.repeat_interleave(n, 0)
+    step_forward = model.forward_on(cache)  # the decode steps' forward, its checks done once
     guard = Guard.of(cfg, state.batch_size, device, per=n)
     # greedy on the raw logits: the guard's reduction is the argmax (torch.max's first maximum, as argmax)
     raw_argmax = guard is not None and not cfg.do_sample and not pipeline.active
@@ -48,7 +49,7 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
         if not feed_pad:
             tokens = tokens.masked_fill(state.finished, 0)
         state.count_forward(lockstep=True)
-        logits = model(tokens[:, None], cache)
+        logits = step_forward(tokens[:, None])
     if guard is not None:
         guard.raise_if_bad()
     state.note_cache(cache)
