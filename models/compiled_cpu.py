@@ -11,7 +11,8 @@ One library serves every batch size, cache capacity, step width T <= MAX_TOKENS 
   build time for inductor's C++ GEMM micro-kernels (FROZEN_CONFIG). Faster than MKL at the small row counts of decoding (batch x T <= 16 rows) on
   the CPUs measured, most at T = k + 1 (verify) and beam widths. The library holds its own copy of
   the weights (memory: + the model's weights), is built per weight values, and is dropped when a
-  weight changes in place or is replaced (checked before every step: ids and version counters).
+  weight changes in place or is replaced (checked before every direct forward and once per
+  generate() call, NativeDecoder.forward_on: ids and version counters).
 - inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
   weights are inputs of the library; one library per architecture serves any weight values.
 A frozen library on an AVX2 CPU comes in two builds, told apart by the rows of a step (batch x T):
