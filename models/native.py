@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .cache import StaticCache
-from .protocol import check_input_ids, special_tokens
+from .protocol import bound_forward, check_input_ids, special_tokens
 
 
 class NativeDecoder(nn.Module):
@@ -157,12 +157,8 @@ class NativeDecoder(nn.Module):
         """Logits (return_hidden: and final-norm hidden states) of a fixed-shape step through CUDA
         graphs or the compiled CPU step; None when neither applies here (then the caller runs eagerly)."""
         if input_ids.device.type == "cpu":
-            from . import compiled_cpu
-            if not compiled_cpu.wanted(self, cache):
-                return None
-            if self._compiled is None or not self._compiled.matches(self):
-                self._compiled = compiled_cpu.CompiledStep(self)
-            out = self._compiled(input_ids, cache, logits_to_keep)  # the kept rows only
+            compiled = self.compiled_step(cache)
+            out = None if compiled is None else compiled(input_ids, cache, logits_to_keep)  # the kept rows only
             return out if out is None or return_hidden else out[0]
         # CUDA graphs; eager: a prompt into an empty cache (not worth a graph), hidden states (no graph keeps them)
         if not input_ids.is_cuda or return_hidden or not self.cuda_graphs or \
@@ -183,23 +179,29 @@ class NativeDecoder(nn.Module):
         right by construction): ~70 us a step less (the draft's step is ~0.15 ms). Weights changed
         during the call are not seen (a direct forward checks them every time); anything else is
         the forward itself."""
-        def forward(ids, attention_mask=None, logits_to_keep=0, return_hidden=False):
-            return self(ids, cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
-                        return_hidden=return_hidden)
-        from . import compiled_cpu
-        if self.device.type != "cpu" or not self.step_max_tokens or not compiled_cpu.wanted(self, cache):
+        forward = bound_forward(self, cache)
+        compiled = self.compiled_step(cache) if self.device.type == "cpu" and self.step_max_tokens else None
+        if compiled is None:
             return forward
-        if self._compiled is None or not self._compiled.matches(self):
-            self._compiled = compiled_cpu.CompiledStep(self)
-        compiled, most = self._compiled, self.step_max_tokens
+        most = self.step_max_tokens
 
         def step(ids, attention_mask=None, logits_to_keep=0, return_hidden=False):
             if attention_mask is None and ids.shape[1] <= most:
                 out = compiled(ids, cache, logits_to_keep)
                 if out is not None:
                     return out if return_hidden else out[0]
-            return forward(ids, attention_mask, logits_to_keep, return_hidden)
+            return forward(ids, attention_mask, logits_to_keep, return_hidden=return_hidden)
         return step
+
+    def compiled_step(self, cache):
+        """The compiled CPU step of this model as it is now (a new one where a weight changed), or
+        None where the switch and rule say eager (models/compiled_cpu.py)."""
+        from . import compiled_cpu
+        if not compiled_cpu.wanted(self, cache):
+            return None
+        if self._compiled is None or not self._compiled.matches(self):
+            self._compiled = compiled_cpu.CompiledStep(self)
+        return self._compiled
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
