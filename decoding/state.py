@@ -42,6 +42,9 @@ class DecodeState:
         self.stop, self.streamer = stop, streamer
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # new tokens per row, eos included
+        # host (min, max) of `emitted` over all rows where a loop read them back since the last append
+        # (the processors' min_new_tokens test then needs no ops, verify.contexts); None = unknown
+        self.emitted_bounds: tuple[int, int] | None = None
         self.steps = 0  # lockstep appends so far (host)
         self.ragged = False  # set by the first multi-token append: rows may differ in length
         self.target_forwards = 0
@@ -125,6 +128,7 @@ class DecodeState:
                 stop_now = stop_now | (self._first_stop_string(tokens[:, None], running.long()) == 0)
             self.finished |= stop_now
         self.emitted += running
+        self.emitted_bounds = None
         self.steps += 1
         if self.seen is not None:  # HF penalises the pads fed to finished rows too
             if self.pad is None or self.pad < self.seen.shape[1]:
@@ -156,6 +160,7 @@ class DecodeState:
         cols = torch.where(write, self.T + self.emitted[:, None] + j, self.sequences.shape[1] - 1)
         self.sequences.scatter_(1, cols, torch.where(write, tokens, self.pad or 0))
         self.emitted += kept
+        self.emitted_bounds = None
         self.finished |= hit | (self.emitted >= self.max_new)
         if self.seen is not None:
             self._mark_seen(tokens.masked_fill(~write, self.seen.shape[1]))

@@ -139,13 +139,17 @@ def sample_accept(proposal: Proposal, scores: Tensor, generator=None) -> tuple[T
 
 # -- processor contexts of draft positions ------------------------------------------------------------
 
-def contexts(state: DecodeState, draft: Tensor, first: int = 0) -> Context:
+def contexts(state: DecodeState, draft: Tensor, first: int = 0, pipeline: Pipeline | None = None) -> Context:
     """Processor context of positions first..K (flattened row-major, (B * (K+1-first)) rows), where
-    position i follows each row's kept tokens and then draft[:, :i] (B, K)."""
+    position i follows each row's kept tokens and then draft[:, :i] (B, K). With `pipeline`, n_new
+    is left unbuilt where the host bounds on `emitted` decide its processors (Pipeline.decided_by)."""
     B, K = draft.shape
-    pos = torch.arange(first, K + 1, device=draft.device)
-    P = pos.numel()
-    n_new = (state.emitted[:, None] + pos).reshape(-1)  # min_new_tokens counts the drafts before
+    P = K + 1 - first
+    bounds = None if state.emitted_bounds is None else (state.emitted_bounds[0] + first, state.emitted_bounds[1] + K)
+    n_new = None
+    if pipeline is None or bounds is None or not pipeline.decided_by(*bounds):
+        pos = torch.arange(first, K + 1, device=draft.device)
+        n_new = (state.emitted[:, None] + pos).reshape(-1)  # min_new_tokens counts the drafts before
     seen = None
     if state.seen is not None:  # repetition penalty: the drafts before a position count as seen
         V = state.seen.shape[1]
@@ -155,7 +159,7 @@ def contexts(state: DecodeState, draft: Tensor, first: int = 0) -> Context:
             hit = torch.cat([torch.zeros_like(hit[:, :1]), hit], 1)[:, first:]
             seen = seen | hit
         seen = seen.reshape(B * P, V)
-    return Context(n_new=n_new, seen=seen, ids=None)
+    return Context(n_new=n_new, seen=seen, ids=None, n_new_bounds=bounds)
 
 
 def block_ids(state: DecodeState, draft: Tensor, pos: Tensor, L: int) -> Tensor:
@@ -180,7 +184,7 @@ def process(pipeline: Pipeline, state: DecodeState, scores: Tensor, draft: Tenso
     position (width prompt + kept + i): rows of equal width are processed together."""
     if not pipeline.active:
         return scores
-    ctx = contexts(state, draft, first)
+    ctx = contexts(state, draft, first, pipeline)
     if not pipeline.needs_ids:
         return pipeline(scores, ctx)
     pos = torch.arange(first, draft.shape[1] + 1, device=draft.device)
@@ -189,7 +193,8 @@ def process(pipeline: Pipeline, state: DecodeState, scores: Tensor, draft: Tenso
     for L in lens.unique().tolist():
         rows = (lens == L).nonzero().squeeze(1)
         ids = block_ids(state, draft, pos, L)[rows]
-        sub = Context(n_new=ctx.n_new[rows], seen=None if ctx.seen is None else ctx.seen[rows], ids=lambda i=ids: i)
+        sub = Context(n_new=None if ctx.n_new is None else ctx.n_new[rows], seen=None if ctx.seen is None else ctx.seen[rows],
+                      ids=lambda i=ids: i, n_new_bounds=ctx.n_new_bounds)
         out[rows] = pipeline(scores[rows], sub)
     return out
 
@@ -248,10 +253,16 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
     rows = torch.arange(B, device=device)
     while True:
         # one host sync per round: how many rows run, the fewest tokens any of them may still take
+        # (and where min_new_tokens is on, the bounds on `emitted` that let the processors skip it)
         running = ~state.finished
         left = torch.where(running, max_new - state.emitted, max_new).min()
         probe = [running.sum(), left] + ([cache.lengths.max()] if clamped else [])
-        n_running, left, *longest = torch.stack(probe).tolist()
+        if pipeline.eos_ids is not None:
+            probe += [state.emitted.min(), state.emitted.max()]
+        n_running, left, *rest = torch.stack(probe).tolist()
+        longest = rest[:1] if clamped else []
+        if pipeline.eos_ids is not None:
+            state.emitted_bounds = (rest[-2], rest[-1])
         k = min(schedule.k, left - 1)  # a row can take K + 1 tokens: never guess past max_new
         if clamped:
             k = min(k, size - longest[0] - pending.shape[1])

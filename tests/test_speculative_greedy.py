@@ -47,6 +47,23 @@ def test_batch_greedy_equals_target_greedy(pair):
     assert 0 < s.draft_forwards <= 3 * s.target_forwards
 
 
+@pytest.mark.parametrize("min_new", [4, 9])
+def test_min_new_tokens_like_hf(min_new):
+    """min_new_tokens keeps an eos the target emits early out of every row's first min_new tokens:
+    the rounds cross that line mid-block and rows cross it at different rounds (the processors then
+    take the per-position path; before and after it, the host bounds on emitted decide)."""
+    target = tiny("llama")
+    draft = noisy_copy(target, "llama", NOISE["llama"])
+    ids, mask = left_pad(ROWS)
+    free = hf_greedy(target, ids, mask, N, eos_token_id=None)[:, ids.shape[1]:]
+    eos = int(free[0, 1])  # row 0's second token
+    ref = hf_greedy(target, ids, mask, N, eos_token_id=eos, min_new_tokens=min_new)
+    out = decoding.generate(target, ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=3,
+                            max_new_tokens=N, eos_token_id=eos, min_new_tokens=min_new, **EXACT)
+    assert torch.equal(out.sequences, ref)
+    assert not torch.equal(ref, hf_greedy(target, ids, mask, N, eos_token_id=eos)), "min_new_tokens must matter"
+
+
 def test_rows_alone_equal_the_batch():
     target = tiny("llama")
     draft = noisy_copy(target, "llama", NOISE["llama"])
