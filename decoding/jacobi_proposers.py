@@ -101,7 +101,7 @@ class JacobiProposer(Proposer):
         a = rnd.accepted  # (B,)
         if self.sample:
             p = rnd.scores.float().softmax(-1)  # (B, K+1, V)
-            nxt = sampling.multinomial(p.reshape(B * K1, -1), self.setup.generator).view(B, K1)
+            nxt = sampling.inverse_cdf(p.reshape(B * K1, -1), self.setup.generator).view(B, K1)
         else:
             nxt = rnd.scores.argmax(-1)  # (B, K+1)
         src = (a[:, None] + 1 + torch.arange(self.n, device=a.device)).clamp(max=K1 - 1)  # (B, n)

@@ -84,7 +84,7 @@ class DraftProposer(Proposer):
                 scores = process(s.pipeline, state, scores, prefix, first=j)
             if s.do_sample:
                 q = scores.softmax(-1)  # (B, V) what the guess is drawn from
-                tokens.append(sampling.multinomial(q, s.generator))
+                tokens.append(sampling.inverse_cdf(q, s.generator))
                 probs.append(q)
             else:
                 tokens.append(scores.argmax(-1))

@@ -9,6 +9,7 @@ from transformers import (MinNewTokensLengthLogitsProcessor, MinPLogitsWarper, R
 
 import decoding
 import decoding.processors
+import decoding.sampling
 from hf_tiny import left_pad, tiny
 
 DRAWS = 20000
@@ -53,6 +54,20 @@ def chi2_pvalue(samples, probs):
         counts = torch.cat([counts[~small], counts[small].sum()[None]])
     expected = expected * counts.sum() / expected.sum()
     return chisquare(counts.numpy(), expected.numpy()).pvalue
+
+
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_draws_follow_exact_probabilities(draw):
+    """Both samplers (the exponential race of plain sampling, the inverse transform of speculative
+    sampling and SJD) against the exact law of rows that do not sum to 1, with zeros at the ends and
+    inside (never drawn) and a token of probability ~1e-4."""
+    draw = getattr(decoding.sampling, draw)
+    probs = torch.tensor([[0, 0, 3, 1, 0, 2e-3, 4, 0], [5, 0, 0, 0, 0, 0, 0, 5e-4]])
+    g = torch.Generator().manual_seed(0)
+    for row in probs:
+        samples = draw(row.expand(DRAWS, -1), g)
+        assert samples.shape == (DRAWS,) and samples.dtype == torch.long
+        assert chi2_pvalue(samples, row / row.sum()) > 1e-3
 
 
 def first_tokens(model, **kw):
