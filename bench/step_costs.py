@@ -1,5 +1,6 @@
-"""Where a speculative or blockwise round's time goes on this machine, and what the speed goals of
-the speculative (1.3x greedy) and blockwise (1.5x greedy) issues would need from it.
+"""Where a speculative or blockwise round's time goes on this machine, and what the CPU issue's speed
+goals (speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x sampling, exact blockwise >=
+1.2x greedy) would need from it.
 
     python -m bench.step_costs                        # CPU, 1 thread -> bench/results/cpu/
     python -m bench.step_costs --smoke --out /tmp/x   # tiny random models, a few seconds
@@ -9,14 +10,14 @@ the speculative (1.3x greedy) and blockwise (1.5x greedy) issues would need from
    draft's step also compiled (models/compiled_cpu.py, built or loaded from its disk cache;
    --no-compile skips it). Whole calls (part 2) run with the default: compiled where available.
    Items take turns in each repetition, so noise bursts hit all alike.
-2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round) and exact blockwise (heads,
-   k) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
+2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round), exact blockwise (heads,
+   k), sampling and speculative sampling (seed 0, HF's sampling defaults) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
    call's wall time is the loop's own bookkeeping. Each call counts from the end of its first target
    forward (the prefill; on the skeleton it also verifies round 1's guesses).
-3. Arithmetic from part 2: speculative tokens/s over greedy = tau * g / (n_d * d + v + o) (g: greedy
-   ms per token, d: draft step, n_d: draft steps per round, v: verify, o: bookkeeping per round),
-   the largest draft step at which 1.3x would hold at the measured tau and v, o; and for blockwise
-   the tokens per target forward at which 1.5x would hold at the measured cost of a round.
+3. Arithmetic from part 2, per goal: x the base mode = tau * g / round (g: the base's ms per token;
+   speculative round = verify + draft steps x step + bookkeeping, blockwise = verify + heads +
+   bookkeeping), its ceiling with only the verify left (tau * g / verify), the ms per round the rest
+   may take at the goal, and the tau the goal needs at the measured round cost.
 """
 from __future__ import annotations
 
@@ -130,10 +131,12 @@ def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dic
     time_steps(target, "target", log)
     time_steps(draft, "draft", log)
     Timed(heads, "propose", "heads", log)
-    modes = {"greedy": {},
-             f"speculative k={k}": dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=0,
-                                        num_assistant_tokens_schedule="constant"),
-             f"blockwise exact k={k}": dict(strategy="blockwise", heads=heads, block_size=k)}
+    spec = dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=0,
+                num_assistant_tokens_schedule="constant")
+    sample = dict(do_sample=True, seed=0)  # HF's sampling defaults (top_k 50)
+    modes = {"greedy": {}, f"speculative k={k}": spec,
+             f"blockwise exact k={k}": dict(strategy="blockwise", heads=heads, block_size=k),
+             "sampling": sample, f"speculative sampling k={k}": {**spec, **sample}}
     for kw in modes.values():
         decoding.generate(target, [prompts[0][:8]], max_new_tokens=4, eos_token_id=None, **kw)  # warm up
     acc = {mode: dict(wall=0.0, tokens=0, stats_forwards=0, spent=dict.fromkeys(("target", "draft", "heads"), 0.0),
@@ -171,29 +174,39 @@ def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dic
     return out
 
 
-def arithmetic(calls: dict, k: int) -> list[dict]:
-    g = calls["greedy"]["ms_per_token"]
-    s, b = calls[f"speculative k={k}"], calls[f"blockwise exact k={k}"]
-    tau = s["tokens_per_round"]
-    round_ms = s["draft_steps_per_round"] * s["draft_ms"] + s["target_ms"] + s["bookkeeping_ms_per_round"]
-    need_d = (tau * g / 1.3 - s["target_ms"] - s["bookkeeping_ms_per_round"]) / s["draft_steps_per_round"]
-    b_tau = b["tokens_per_round"]
-    b_round = b["target_ms"] + b["heads_ms"] + b["bookkeeping_ms_per_round"]
+def goal_rows(label: str, base: str, tau: float, g: float, parts: dict, goal: float) -> list[dict]:
+    """Rows of one goal: x the base mode = tau * g / round (g: the base's ms per token, round: the sum
+    of `parts`, ms per round, the verify forward first), its ceiling with everything but the verify
+    free, the ms per round left to the rest at the goal, and the tau the goal needs at this round."""
+    round_ms, verify = sum(parts.values()), next(iter(parts.values()))
+    rest = " + ".join(list(parts)[1:])
     return [
-        dict(quantity="greedy ms per token (a decode step and its loop)", value=g),
-        dict(quantity=f"speculative k={k}: tokens per round (tau; first round apart)", value=tau),
-        dict(quantity=f"speculative k={k}: ms per round = draft steps x step + verify + bookkeeping", value=round_ms),
-        dict(quantity=f"speculative k={k}: x greedy = tau * g / round", value=tau * g / round_ms),
-        dict(quantity=f"speculative k={k}: x greedy with a free draft (d = 0)",
-             value=tau * g / (s["target_ms"] + s["bookkeeping_ms_per_round"])),
-        dict(quantity=f"speculative k={k}: largest draft step (ms) for 1.3x at this tau, verify, bookkeeping",
-             value=need_d),
-        dict(quantity=f"blockwise exact k={k}: tokens per round (per target forward)", value=b_tau),
-        dict(quantity=f"blockwise exact k={k}: ms per round = verify + heads + bookkeeping", value=b_round),
-        dict(quantity=f"blockwise exact k={k}: x greedy", value=b_tau * g / b_round),
-        dict(quantity=f"blockwise exact k={k}: tokens per forward needed for 1.5x at this round cost",
-             value=1.5 * b_round / g),
+        dict(quantity=f"{label}: tokens per round (tau; first round apart)", value=tau),
+        dict(quantity=f"{label}: ms per round = {' + '.join(parts)}", value=round_ms),
+        dict(quantity=f"{label}: x {base} = tau * g / round (goal {goal}x)", value=tau * g / round_ms),
+        dict(quantity=f"{label}: ceiling x {base} with {rest} free (verify alone)", value=tau * g / verify),
+        dict(quantity=f"{label}: ms per round left to {rest} at {goal}x (< 0: out of reach at this tau and verify)",
+             value=tau * g / goal - verify),
+        dict(quantity=f"{label}: tau needed for {goal}x at this round cost", value=goal * round_ms / g),
     ]
+
+
+def arithmetic(calls: dict, k: int) -> list[dict]:
+    """The speed goals of the CPU issue: speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x
+    sampling, exact blockwise >= 1.2x greedy (each against the engine's own compiled step)."""
+    g, gs = calls["greedy"]["ms_per_token"], calls["sampling"]["ms_per_token"]
+    rows = [dict(quantity="greedy ms per token (a decode step and its loop)", value=g),
+            dict(quantity="sampling ms per token (a decode step, its processors and draw)", value=gs)]
+    for label, base, ms, goal in ((f"speculative k={k}", "greedy", g, 1.5),
+                                  (f"speculative sampling k={k}", "sampling", gs, 1.1)):
+        c = calls[label]
+        rows += goal_rows(label, base, c["tokens_per_round"], ms, {
+            "verify": c["target_ms"], "draft steps": c["draft_steps_per_round"] * c["draft_ms"],
+            "bookkeeping": c["bookkeeping_ms_per_round"]}, goal)
+    b = calls[f"blockwise exact k={k}"]
+    rows += goal_rows(f"blockwise exact k={k}", "greedy", b["tokens_per_round"], g, {
+        "verify": b["target_ms"], "heads": b["heads_ms"], "bookkeeping": b["bookkeeping_ms_per_round"]}, 1.2)
+    return rows
 
 
 def main(argv=None):
