@@ -89,7 +89,7 @@ class Context:
     """What the processors may read about the position being scored.
 
     n_new: tokens already generated before it, a host int (lockstep decoding) or (N,) long; None
-      where nothing reads it (min_new_tokens off) or `n_new_bounds` decide (Pipeline.decided_by);
+      where nothing reads it (min_new_tokens off) or `n_new_bounds` decide (Pipeline.needs_n_new);
     seen: (N, V) bool of prompt + generated tokens (only when a repetition penalty is on);
     ids: HF-style input_ids (N, L) for the caller's processors, built on demand;
     n_new_bounds: host (lowest, highest) n_new over the N rows, where the caller knows them.
@@ -120,10 +120,12 @@ class Pipeline:
         self.active = bool(self.penalty or self.eos_ids is not None or self.user or self.warp is not None
                            or self.rules.active)
 
-    def decided_by(self, lo: int, hi: int) -> bool:
-        """Do the processors treat every position whose n_new lies in [lo, hi] alike (min_new_tokens
-        off, or all of them below it, or none)? Then Context.n_new need not be built."""
-        return self.eos_ids is None or hi < self.min_new or lo >= self.min_new
+    def needs_n_new(self, bounds: tuple[int, int] | None) -> bool:
+        """Must Context.n_new be built for positions whose n_new lies in bounds ((lo, hi); None:
+        unknown)? Not where min_new_tokens is off, nor where all of them fall on one side of it."""
+        if self.eos_ids is None:
+            return False
+        return bounds is None or not (bounds[1] < self.min_new or bounds[0] >= self.min_new)
 
     def __call__(self, scores: Tensor, ctx: Context) -> Tensor:
         """scores (N, V) float32 -> processed scores (N, V)."""

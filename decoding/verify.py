@@ -142,12 +142,13 @@ def sample_accept(proposal: Proposal, scores: Tensor, generator=None) -> tuple[T
 def contexts(state: DecodeState, draft: Tensor, first: int = 0, pipeline: Pipeline | None = None) -> Context:
     """Processor context of positions first..K (flattened row-major, (B * (K+1-first)) rows), where
     position i follows each row's kept tokens and then draft[:, :i] (B, K). With `pipeline`, n_new
-    is left unbuilt where the host bounds on `emitted` decide its processors (Pipeline.decided_by)."""
+    is left unbuilt where its processors do not read it (Pipeline.needs_n_new: min_new_tokens off, or
+    decided by the host bounds on `emitted`)."""
     B, K = draft.shape
     P = K + 1 - first
     bounds = None if state.emitted_bounds is None else (state.emitted_bounds[0] + first, state.emitted_bounds[1] + K)
     n_new = None
-    if pipeline is None or bounds is None or not pipeline.decided_by(*bounds):
+    if pipeline is None or pipeline.needs_n_new(bounds):
         pos = torch.arange(first, K + 1, device=draft.device)
         n_new = (state.emitted[:, None] + pos).reshape(-1)  # min_new_tokens counts the drafts before
     seen = None
