@@ -5,12 +5,21 @@ builds: the same C++ source, compiled with the same commands, so the same librar
   precompiled headers (the wrapper's and the kernels', ~8 s of g++ each on a machine that has never
   built one) are built while the export and inductor's tracing (Python, one core) run, instead of
   one after the other at the end. Same function, arguments and on-disk cache as inductor's own call
-  (AotCodeCompiler.compile), which then finds them built (a file lock orders the two).
+  (AotCodeCompiler.compile), which then finds them built (a file lock orders the two). The same
+  thread first fills inductor's system key (CacheBase.get_system: a sha256 of triton's 500 MB
+  library, 0.6 s, outside the GIL), which the GEMM lowering would otherwise compute on the main thread.
 - `faster_codegen()`, around aoti_compile_and_package:
   - each Jinja source of the C++ GEMM template is compiled once, not at every render (each of the
     shipped target's 66 renders compiled ~5 templates from source: 10-12 s of rendering -> 2-3 s);
+  - each index expression of the GEMM template is parsed from its string once (sympy's parse_expr
+    at every use took ~1 s more of the renders);
+  - torch.fx's Interpreter makes no progress bar (it makes a disabled tqdm at every run, thousands
+    of runs in the kernels' code generation; tqdm takes a process-wide lock for each);
   - the wrapper's and the kernels' object files compile at the same time (inductor builds one
-    after the other; the kernels' ~3.5 s then hides behind the wrapper's ~8 s).
+    after the other; the kernels' ~3.5 s then hides behind the wrapper's ~8 s);
+  - given a directory, the wrapper compiles without the runtime interface, whose object is
+    compiled once into that directory (models/aoti_interface.py; `headers_warming` compiles it
+    beside the headers where it is missing).
 Each step checks that the torch internal it relies on is there, else leaves inductor as it is.
 """
 from __future__ import annotations
@@ -18,9 +27,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from pathlib import Path
+
+from . import aoti_interface
 
 
-def warm_headers(weight_bytes: int) -> None:
+def warm_system_key() -> None:
+    """Inductor's system key, as the GEMM lowering's autotuning cache asks for it (functools.cache)."""
+    try:
+        from torch._inductor.codecache import CacheBase
+        CacheBase.get_system()
+    except Exception:  # only a head start
+        pass
+
+
+def warm_headers(weight_bytes: int, interface_dir: Path | None = None) -> None:
     """Build what AotCodeCompiler.compile would build first on a CPU: the ISA probe (pick_vec_isa)
     and the precompiled headers, with the arguments it passes (device "cpu", AOT mode, no relative
     paths, weights mmapped as determine_aoti_mmap_flags decides for `weight_bytes`)."""
@@ -37,15 +58,17 @@ def warm_headers(weight_bytes: int) -> None:
         external, mmap = determine_aoti_mmap_flags(weight_bytes)
         args = dict(aot_mode=True, device_type="cpu", use_mmap_weights=mmap,
                     use_mmap_weights_external=external, use_relative_path=False, vec_isa=isa)
-        codecache._precompile_header(codecache._get_cpp_wrapper_header("cpu", aot_mode=True), command,
-                                     min_optimize=True, **args)
+        header = codecache._precompile_header(codecache._get_cpp_wrapper_header("cpu", aot_mode=True), command,
+                                              min_optimize=True, **args)
         codecache._precompile_header(codecache._get_cpp_prefix_header("cpu"), command, **args)
+        if interface_dir is not None:
+            aoti_interface.warm(args, header, interface_dir)
     except Exception:  # only a head start: inductor builds whatever is missing itself
         pass
 
 
 @contextlib.contextmanager
-def headers_warming(configs: dict, weight_bytes: int):
+def headers_warming(configs: dict, weight_bytes: int, interface_dir: Path | None = None):
     """Within: `warm_headers` running in a thread under inductor's `configs` (BUILD_CONFIG: what
     the g++ command lines read, e.g. -g1 from enable_line_tables; config patches are per thread).
     Joined on a normal exit; after an error it is left to finish on its own (a cache fill)."""
@@ -61,8 +84,9 @@ def headers_warming(configs: dict, weight_bytes: int):
 
     def run():
         try:
+            warm_system_key()
             with config.patch(configs):
-                warm_headers(weight_bytes)
+                warm_headers(weight_bytes, interface_dir)
         except Exception:
             pass
     thread = threading.Thread(target=run, name="aoti-warm-headers", daemon=True)
@@ -72,11 +96,13 @@ def headers_warming(configs: dict, weight_bytes: int):
 
 
 @contextlib.contextmanager
-def faster_codegen():
-    """Within: Jinja templates compiled once per source, and the wrapper's object file built in a
-    thread while the kernels' builds (joined before any other build and on exit)."""
+def faster_codegen(interface_dir: Path | None = None):
+    """Within: Jinja templates compiled once per source, index expressions parsed once, no progress
+    bars, and the wrapper's object file built in a thread while the kernels' builds (joined before
+    any other build and on exit), without the runtime interface where `interface_dir` is given."""
     with contextlib.ExitStack() as stack:
-        for patch in (_memo_templates, _parallel_objects):
+        for patch in (_memo_templates, _memo_index_exprs, _no_progress_bars,
+                      functools.partial(_parallel_objects, interface_dir)):
             try:
                 stack.enter_context(patch())
             except Exception:
@@ -101,7 +127,55 @@ def _memo_templates():
 
 
 @contextlib.contextmanager
-def _parallel_objects():
+def _memo_index_exprs():
+    """cpp_template_kernel.parse_expr_with_index_symbols(text) parses `text` with sympy at every
+    call; the expression it returns is a pure function of the text and immutable (sympy), so one
+    parse per text serves every call. Lists (it recurses by its module name) and expressions go
+    through the original, whose recursion then finds the memo."""
+    from torch._inductor.codegen import cpp_template_kernel as ctk
+    original = ctk.parse_expr_with_index_symbols
+    parse = functools.lru_cache(maxsize=None)(original)
+
+    def memo(expr):
+        return parse(expr) if type(expr) is str else original(expr)
+    ctk.parse_expr_with_index_symbols = memo
+    try:
+        yield
+    finally:
+        ctk.parse_expr_with_index_symbols = original
+
+
+class _NoBar:
+    """What torch.fx's Interpreter asks of its (disabled) progress bar, doing nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """fx.Interpreter.run makes a tqdm bar, disabled unless torch.fx.config.disable_progress is
+    off; where it is on (the default), a bar that does nothing instead."""
+    from torch.fx import config, interpreter
+    original = interpreter.tqdm
+    if not config.disable_progress:
+        yield
+        return
+    interpreter.tqdm = _NoBar
+    try:
+        yield
+    finally:
+        interpreter.tqdm = original
+
+
+@contextlib.contextmanager
+def _parallel_objects(interface_dir: Path | None = None):
     """AotCodeCompiler.compile runs `wrapper_builder.build()` then `kernel_builder.build()`, two
     independent g++ -c runs; the wrapper's starts in a thread and the kernels' build joins it. Any
     other build (the link, the weights' object) joins it before it starts."""
@@ -126,7 +200,10 @@ def _parallel_objects():
 
             def run():
                 try:
-                    original(self)
+                    if interface_dir is None:
+                        original(self)
+                    else:
+                        aoti_interface.build_wrapper(self, original, interface_dir)
                 except BaseException as e:  # re-raised in the caller's thread by join()
                     box.append(e)
             thread = threading.Thread(target=run, name="aoti-wrapper-build", daemon=True)

@@ -308,7 +308,9 @@ class CompiledStep:
         build_configs = {k: v for k, v in BUILD_CONFIG.items() if k in known}
         weight_bytes = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
         # the C++ headers build on the second core while export and inductor trace on the first
-        with torch.no_grad(), warnings.catch_warnings(), compile_speed.headers_warming(build_configs, weight_bytes):
+        interface_dir = cache_dir() / "aoti_interface"  # the runtime interface's object, shared by every library
+        with torch.no_grad(), warnings.catch_warnings(), \
+                compile_speed.headers_warming(build_configs, weight_bytes, interface_dir):
             # torch's own notices from inside export/inductor: not the user's to act on
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
@@ -325,7 +327,7 @@ class CompiledStep:
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-            with compile_speed.faster_codegen(), _micro_kernels(key.get("blocking")):
+            with compile_speed.faster_codegen(interface_dir), _micro_kernels(key.get("blocking")):
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)

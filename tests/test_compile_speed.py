@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import torch._inductor.lowering  # noqa: E402,F401  (before the GEMM template: inductor's import order)
 from torch._inductor.codegen.common import KernelTemplate  # noqa: E402
@@ -83,3 +84,27 @@ def test_a_failed_wrapper_build_reaches_the_caller(monkeypatch):
     with pytest.raises(RuntimeError, match="m.wrapper.o"):  # and on exit, if nothing joined it
         with compile_speed.faster_codegen():
             CppBuilder.build(Fake("m.wrapper.o"))
+
+
+def test_memoised_index_expressions_are_what_a_fresh_parse_gives():
+    from torch._inductor.codegen import cpp_template_kernel as ctk
+    before = ctk.parse_expr_with_index_symbols
+    fresh = before(["m_start + 2*n_size", "k_end"])
+    with compile_speed.faster_codegen():
+        first = ctk.parse_expr_with_index_symbols("m_start + 2*n_size")
+        assert ctk.parse_expr_with_index_symbols("m_start + 2*n_size") is first  # parsed once
+        assert ctk.parse_expr_with_index_symbols(["m_start + 2*n_size", "k_end"]) == fresh
+        assert [s.assumptions0 for s in first.free_symbols] == [s.assumptions0 for s in fresh[0].free_symbols]
+    assert ctk.parse_expr_with_index_symbols is before
+
+
+def test_interpreter_runs_the_same_without_progress_bars():
+    from torch.fx import interpreter, symbolic_trace
+    gm = symbolic_trace(lambda x: (x * 2).relu().sum())
+    x = torch.randn(5)
+    before = interpreter.tqdm
+    with compile_speed.faster_codegen():
+        assert interpreter.tqdm is not before
+        inside = interpreter.Interpreter(gm).run(x)
+    assert interpreter.tqdm is before
+    assert torch.equal(inside, interpreter.Interpreter(gm).run(x))

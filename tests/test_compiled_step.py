@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import models.compiled_cpu as cc
-from models import DecoderConfig, LlamaDecoder
+from models import DecoderConfig, LlamaDecoder, aoti_interface
 from models.compiled import GraphedStep, static_forward
 from models.yoco import YOCOConfig, YOCODecoder
 from recompute_model import RecomputeModel
@@ -108,6 +108,8 @@ def library(tmp_path_factory):
             d = tmp_path_factory.mktemp(f"compiled_{name}_{'frozen' if frozen else 'inputs'}")
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv(cc.CACHE_ENV, str(d))
+                split, whole_build = [], aoti_interface.build_wrapper  # how each wrapper object was built
+                mp.setattr(aoti_interface, "build_wrapper", lambda *a: split.append(whole_build(*a)) or split[-1])
                 model = build(name)
                 model.compile_frozen = frozen
                 model.compile_step = True
@@ -118,9 +120,17 @@ def library(tmp_path_factory):
                 compiled = model._compiled
                 if compiled is None or compiled.run is None or (compiled.blocking and compiled.wide is None):
                     pytest.fail("the compiled CPU step did not build on this machine (see the warning)")
+                assert split and all(split), "a wrapper compiled whole, not as its code + the runtime interface"
+                # one interface object: the one compiled beside the headers served every build
+                assert len(list((d / "aoti_interface").glob("interface-*.o"))) == 1
             built[name, frozen] = d
         return built[name, frozen]
     return get
+
+
+def files(directory):
+    """A cache dir's libraries and their JSON (not the runtime interface's folder)."""
+    return [f for f in directory.iterdir() if f.is_file()]
 
 
 @pytest.fixture
@@ -150,7 +160,7 @@ def spy_libraries(monkeypatch) -> list:
 @pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "inputs"])
 @pytest.mark.parametrize("name", ["llama", "yoco"])
 def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir, monkeypatch):
-    for f in library(name, frozen).iterdir():
+    for f in files(library(name, frozen)):
         shutil.copy(f, cache_dir)
     no_build(monkeypatch)  # a fresh model loads the library from disk: no compile
     # frozen: the same weights (a fresh copy of them); inputs: other weights, same architecture
@@ -186,7 +196,7 @@ def test_frozen_library_never_serves_changed_weights(change, library, cache_dir,
     """A weight written in place, replaced by a new Parameter, or swapped under `.data` after the
     frozen library loaded: the next step runs the new weights (the float64 oracle of the changed
     model), through a library built for them."""
-    for f in library("llama").iterdir():
+    for f in files(library("llama")):
         shutil.copy(f, cache_dir)
     model = build("llama")
     model.compile_step = True
@@ -215,7 +225,7 @@ def test_frozen_library_never_serves_changed_weights(change, library, cache_dir,
 
 
 def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
-    for f in library("llama").iterdir():
+    for f in files(library("llama")):
         shutil.copy(f, cache_dir)
     model = build("llama")
     model.compile_step = True
@@ -233,7 +243,7 @@ def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
 @pytest.mark.parametrize("how", ["corrupt", "stale"])
 def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir, monkeypatch):
     good = library("llama")
-    for f in good.iterdir():
+    for f in files(good):
         shutil.copy(f, cache_dir)
     # the default library's pair (a 1-row step loads it; the wide library's pair stays good)
     meta = next(m for m in cache_dir.glob("*.json") if "blocking" not in json.loads(m.read_text())["key"])
@@ -251,7 +261,7 @@ def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir,
     def rebuild(self, cache, key, path, meta_path):
         assert not path.exists()  # the bad file was removed, never loaded
         rebuilt.append(key)
-        for f in good.iterdir():
+        for f in files(good):
             shutil.copy(f, cache_dir)
         return cc._open(path)
     monkeypatch.setattr(cc.CompiledStep, "_build", rebuild)
@@ -327,7 +337,7 @@ def test_prompt_of_up_to_prompt_rows_runs_the_library(name, library, cache_dir, 
     the library, which returns the kept rows only (YOCO: only they pass the cross-decoder): logits
     against the float64 oracle and the eager forward, then a decode step that reads the K/V the
     prompt wrote. More rows, or a mask, run eagerly."""
-    for f in library(name).iterdir():
+    for f in files(library(name)):
         shutil.copy(f, cache_dir)
     no_build(monkeypatch)
     monkeypatch.setattr(cc, "PROMPT_ROWS", 40)
@@ -363,7 +373,7 @@ def test_forward_on_a_cache_is_the_forward_without_its_per_step_checks(name, lib
     library straight, its checks done once when bound (no wanted / matches / check_inputs per
     step), same logits as the forward on a twin cache and the float64 oracle; a masked step is the
     forward itself."""
-    for f in library(name).iterdir():
+    for f in files(library(name)):
         shutil.copy(f, cache_dir)
     no_build(monkeypatch)
     model = build(name)

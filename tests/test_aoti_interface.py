@@ -1,0 +1,113 @@
+"""models/aoti_interface.py: a wrapper compiled as two units (the model's code, and the runtime
+interface compiled once and cached) is the program inductor's whole compile makes. Checked on a
+small source laid out as inductor lays out a wrapper (include lines, the interface's text, the
+model's code, with an inline function and a function-local static that both units use), against
+the same source compiled whole; where the model's code does not compile alone, inductor's own
+build runs. The real libraries built this way are checked against a float64 oracle and the eager
+step in tests/test_compiled_step.py, whose fixture also asserts they were built split."""
+import subprocess
+
+import pytest
+
+from models import aoti_interface
+
+HEADER = """
+inline int counter() { static int calls = 0; return ++calls; }  // one static, whichever unit calls
+"""
+INTERFACE = """
+#define SCALE 3
+int model_value(int x);
+extern "C" int interface_entry(int x) { int v = model_value(x); return SCALE * v + counter(); }
+"""
+MODEL = """
+int model_value(int x) { return x * x + 100 * counter(); }
+"""
+MODEL_NEEDING_THE_INTERFACE = """
+int model_value(int x) { return SCALE * x; }
+"""
+
+
+class Builder:
+    """What build_wrapper reads of inductor's CppBuilder."""
+
+    def __init__(self, directory, name):
+        self.dir, self.source, self.target = directory, directory / f"{name}.wrapper.cpp", directory / f"{name}.wrapper.o"
+
+    def get_target_file_path(self):
+        return str(self.target)
+
+    def get_command_line(self):
+        return f"g++ {self.source} -O1 -fPIC -I{self.dir} -c -o {self.target}"
+
+
+def whole(builder):
+    subprocess.run(builder.get_command_line().split(), check=True)
+    whole.calls += 1
+
+
+def run(obj, x):
+    """interface_entry(x) three times, in a program of its own (a function-local static is one
+    object per process, whichever library holds it)."""
+    main = obj.with_name("main.cpp")
+    main.write_text('#include <cstdio>\n#include <cstdlib>\nextern "C" int interface_entry(int x);\n'
+                    'int main(int, char** v) { for (int i = 0; i < 3; i++) printf("%d ", interface_entry(atoi(v[1]))); }\n')
+    exe = obj.with_suffix(".exe")
+    subprocess.run(["g++", "-o", str(exe), str(main), str(obj)], check=True)
+    return [int(v) for v in subprocess.run([str(exe), str(x)], check=True, capture_output=True, text=True).stdout.split()]
+
+
+def wrapper(directory, name, model):
+    b = Builder(directory, name)
+    b.source.write_text(f'\n#include "helper.h"\n{INTERFACE}{model}')
+    return b
+
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    (tmp_path / "helper.h").write_text(HEADER)
+    monkeypatch.setattr(aoti_interface, "interface_text", lambda: INTERFACE)
+    whole.calls = 0
+    return tmp_path
+
+
+def test_split_build_is_the_whole_build(sources):
+    objects = sources / "objects"
+    split = wrapper(sources, "a", MODEL)
+    assert aoti_interface.build_wrapper(split, whole, objects)
+    assert whole.calls == 0 and len(list(objects.glob("interface-*.o"))) == 1
+    reference = wrapper(sources, "ref", MODEL)
+    whole(reference)
+    # the interface's call of counter() and the model's share one static in each program
+    assert run(split.target, 5) == run(reference.target, 5) == [3 * (25 + 100) + 2, 3 * (25 + 300) + 4,
+                                                                 3 * (25 + 500) + 6]
+
+
+def test_the_interface_object_is_compiled_once(sources, monkeypatch):
+    objects = sources / "objects"
+    assert aoti_interface.build_wrapper(wrapper(sources, "a", MODEL), whole, objects)
+    compiled = []
+    monkeypatch.setattr(aoti_interface, "_compile", lambda *a: compiled.append(a) or pytest.fail("recompiled"))
+    second = wrapper(sources, "b", MODEL.replace("100", "7"))
+    assert aoti_interface.build_wrapper(second, whole, objects)
+    assert run(second.target, 2)[0] == 3 * (4 + 7) + 2 and compiled == []
+
+
+def test_a_model_unit_that_needs_the_interface_builds_whole(sources):
+    b = wrapper(sources, "m", MODEL_NEEDING_THE_INTERFACE)
+    assert not aoti_interface.build_wrapper(b, whole, sources / "objects")
+    assert whole.calls == 1 and run(b.target, 2)[0] == 3 * 6 + 1
+
+
+def test_a_source_not_laid_out_so_builds_whole(sources):
+    b = Builder(sources, "n")
+    b.source.write_text(f'#include "helper.h"\nint x = 1;\n{INTERFACE}{MODEL}')  # code before the interface
+    assert not aoti_interface.build_wrapper(b, whole, sources / "objects")
+    assert whole.calls == 1 and run(b.target, 1)[0] == 3 * (1 + 100) + 2
+
+
+def test_split_reads_include_lines_the_interface_and_the_rest():
+    head = "\n#include <a.h>\n#include <b.h>\n"
+    assert aoti_interface.split(head + INTERFACE + MODEL, INTERFACE) == (head + INTERFACE, head + MODEL)
+    assert aoti_interface.split(head + MODEL, INTERFACE) is None  # no interface
+    assert aoti_interface.split(head + INTERFACE + INTERFACE, INTERFACE) is None  # twice
+    assert aoti_interface.split("int y;\n" + INTERFACE + MODEL, INTERFACE) is None  # code before it
