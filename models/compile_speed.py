@@ -13,6 +13,9 @@ builds: the same C++ source, compiled with the same commands, so the same librar
     shipped target's 66 renders compiled ~5 templates from source: 10-12 s of rendering -> 2-3 s);
   - each index expression of the GEMM template is parsed from its string once (sympy's parse_expr
     at every use took ~1 s more of the renders);
+  - the freezing passes' fake-tensor propagation is skipped where the graph is as the previous
+    one left it (it runs after every constant folding; the last folding usually finds nothing:
+    one full propagation of the graph's symbolic shapes, ~1 s, for nothing);
   - torch.fx's Interpreter makes no progress bar (it makes a disabled tqdm at every run, thousands
     of runs in the kernels' code generation; tqdm takes a process-wide lock for each);
   - the wrapper's and the kernels' object files compile at the same time (inductor builds one
@@ -101,7 +104,7 @@ def faster_codegen(interface_dir: Path | None = None):
     bars, and the wrapper's object file built in a thread while the kernels' builds (joined before
     any other build and on exit), without the runtime interface where `interface_dir` is given."""
     with contextlib.ExitStack() as stack:
-        for patch in (_memo_templates, _memo_index_exprs, _no_progress_bars,
+        for patch in (_memo_templates, _memo_index_exprs, _no_progress_bars, _no_repeated_fake_prop,
                       functools.partial(_parallel_objects, interface_dir)):
             try:
                 stack.enter_context(patch())
@@ -143,6 +146,42 @@ def _memo_index_exprs():
         yield
     finally:
         ctk.parse_expr_with_index_symbols = original
+
+
+def _graph_state(gm) -> list:
+    """What a fake-tensor propagation of `gm` reads and writes: its nodes, their arguments, which of
+    them hold a value, and the shape, stride and dtype of every attribute they fetch."""
+    state = []
+    for n in gm.graph.nodes:
+        state.append((n.name, n.op, str(n.target), repr(n.args), repr(n.kwargs), "val" in n.meta or n.op == "output"))
+        if n.op == "get_attr":
+            t = getattr(gm, n.target, None)
+            if hasattr(t, "stride"):
+                state.append((tuple(t.shape), t.stride(), t.dtype, t.device))
+    return state
+
+
+@contextlib.contextmanager
+def _no_repeated_fake_prop():
+    """freezing_passes calls fake_tensor_prop(gm, ...) after each constant folding, to refresh the
+    nodes' fake values; where the graph and its attributes are as the previous call on the same
+    graph left them, that call would recompute the values they hold."""
+    from torch._inductor.fx_passes import freezing_patterns as fp
+    original = fp.fake_tensor_prop
+    last: dict = {}
+
+    def prop(gm, example_inputs, force_allow_non_fake_inputs=False):
+        state = _graph_state(gm)
+        if last.get("gm") is gm and last.get("state") == state:
+            return last["mode"]
+        mode = original(gm, example_inputs, force_allow_non_fake_inputs)
+        last.update(gm=gm, state=_graph_state(gm), mode=mode)
+        return mode
+    fp.fake_tensor_prop = prop
+    try:
+        yield
+    finally:
+        fp.fake_tensor_prop = original
 
 
 class _NoBar:

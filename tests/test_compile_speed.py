@@ -108,3 +108,39 @@ def test_interpreter_runs_the_same_without_progress_bars():
         inside = interpreter.Interpreter(gm).run(x)
     assert interpreter.tqdm is before
     assert torch.equal(inside, interpreter.Interpreter(gm).run(x))
+
+
+def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
+    from torch._inductor.fx_passes import freezing_patterns as fp
+    from torch._subclasses import FakeTensorMode
+    calls, real = [], fp.fake_tensor_prop
+    monkeypatch.setattr(fp, "fake_tensor_prop", lambda gm, *a: calls.append(1) or real(gm, *a))
+    counted = fp.fake_tensor_prop
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x):
+            return x @ self.w
+    gm = torch.fx.symbolic_trace(Linear())
+    x = FakeTensorMode().from_tensor(torch.randn(2, 3))
+
+    def out_shape():
+        return tuple(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["val"].shape)
+    with compile_speed.faster_codegen():
+        fp.fake_tensor_prop(gm, [x], True)
+        fp.fake_tensor_prop(gm, [x], True)  # nothing changed: skipped
+        assert len(calls) == 1 and out_shape() == (2, 4)
+        gm.w = torch.nn.Parameter(torch.randn(3, 5))  # an attribute's shape changed
+        fp.fake_tensor_prop(gm, [x], True)
+        assert len(calls) == 2 and out_shape() == (2, 5)
+        matmul = next(n for n in gm.graph.nodes if n.op == "call_function")
+        with gm.graph.inserting_after(matmul):  # a node added
+            relu = gm.graph.call_function(torch.relu, (matmul,))
+        matmul.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
+        gm.recompile()
+        fp.fake_tensor_prop(gm, [x], True)
+        assert len(calls) == 3 and "val" in relu.meta
+    assert fp.fake_tensor_prop is counted
