@@ -32,9 +32,10 @@ def split(source: str, interface: str) -> tuple[str, str] | None:
     """(interface unit, model unit) of a wrapper source: both start with the source's include lines;
     None where the source is not include lines + the interface + the rest."""
     at = source.find(interface)
+    if at < 0 or source.count(interface) != 1:
+        return None
     head = source[:at]
-    if at < 0 or source.count(interface) != 1 or \
-            any(line.strip() and not line.startswith("#include ") for line in head.splitlines()):
+    if any(line.strip() and not line.startswith("#include ") for line in head.splitlines()):
         return None
     return head + interface, head + source[at + len(interface):]
 
@@ -44,9 +45,13 @@ def _normal(command: str, source: str, target: str) -> str:
 
 
 def object_path(unit: str, command: str, source: str, target: str, directory: Path) -> Path:
-    """Where the interface unit compiled by `command` (a compile of `source` into `target`) lives."""
+    """Where the interface unit compiled by `command` (a compile of `source` into `target`) lives:
+    named by the text, the command, torch's build (the headers the text includes) and the compiler."""
+    import torch
+    from torch._inductor.cpp_builder import get_compiler_version_info
     h = hashlib.sha256(unit.encode())
     h.update(_normal(command, source, target).encode())
+    h.update(f"{torch.__version__} {torch.version.git_version} {get_compiler_version_info(command.split()[0])}".encode())
     return directory / f"interface-{h.hexdigest()[:24]}.o"
 
 
@@ -85,7 +90,7 @@ def build_wrapper(builder, whole, directory: Path) -> bool:
     command = builder.get_command_line()
     try:
         parts = split(Path(source).read_text(), interface_text()) if source in command else None
-    except OSError:
+    except Exception:  # no such file here, or another torch's layout
         parts = None
     if parts is None:
         whole(builder)

@@ -111,3 +111,18 @@ def test_split_reads_include_lines_the_interface_and_the_rest():
     assert aoti_interface.split(head + MODEL, INTERFACE) is None  # no interface
     assert aoti_interface.split(head + INTERFACE + INTERFACE, INTERFACE) is None  # twice
     assert aoti_interface.split("int y;\n" + INTERFACE + MODEL, INTERFACE) is None  # code before it
+
+
+def test_the_object_is_named_by_text_command_torch_and_compiler(monkeypatch, tmp_path):
+    import torch
+    from torch._inductor import cpp_builder
+    args = ("unit", "g++ s.cpp -c -o t.o", "s.cpp", "t.o", tmp_path)
+    base = aoti_interface.object_path(*args)
+    assert aoti_interface.object_path("unit", "g++ u.cpp -c -o v.o", "u.cpp", "v.o", tmp_path) == base  # paths aside
+    assert aoti_interface.object_path("other unit", *args[1:]) != base
+    assert aoti_interface.object_path("unit", "g++ s.cpp -O2 -c -o t.o", "s.cpp", "t.o", tmp_path) != base
+    monkeypatch.setattr(torch.version, "git_version", "another build")
+    assert aoti_interface.object_path(*args) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(cpp_builder, "get_compiler_version_info", lambda compiler: "another g++")
+    assert aoti_interface.object_path(*args) != base
