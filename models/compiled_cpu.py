@@ -32,7 +32,8 @@ Disk cache: $DECODING_COMPILE_CACHE, else $XDG_CACHE_HOME/decoding/compiled (~/.
 is named by a hash of everything the library depends on (torch version, CPU capability, threads,
 model source, config, dtype, weight shapes and strides, and for a frozen library the weights'
 sha256); the JSON beside it holds that key and the file's sha256, both checked before loading, so
-a stale or corrupt file is rebuilt, never used.
+a stale or corrupt file is rebuilt, never used. Its `aoti_interface/` holds the AOTI runtime
+interface's object, compiled once and linked into every library (models/aoti_interface.py).
 No C++ compiler, an export that fails, an older torch: one warning, then the eager step.
 """
 from __future__ import annotations
