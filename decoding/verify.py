@@ -252,16 +252,16 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
 
     pending, pending_mask = ids, mask  # (B, P): kept tokens the target has not seen yet
     rows = torch.arange(B, device=device)
-    bounds = pipeline.eos_ids is not None  # min_new_tokens on: read the bounds on `emitted` each round
+    read_bounds = pipeline.eos_ids is not None  # min_new_tokens on: read the bounds on `emitted` each round
     while True:
         # one host sync per round: how many rows run, the fewest tokens any of them may still take
         # (and where min_new_tokens is on, the bounds on `emitted` that let the processors skip it)
         running = ~state.finished
         left = torch.where(running, max_new - state.emitted, max_new).min()
-        probe = [running.sum(), left] + ([state.emitted.min(), state.emitted.max()] if bounds else []) + \
+        probe = [running.sum(), left] + ([state.emitted.min(), state.emitted.max()] if read_bounds else []) + \
             ([cache.lengths.max()] if clamped else [])
         n_running, left, *rest = torch.stack(probe).tolist()
-        if bounds:
+        if read_bounds:
             state.emitted_bounds, rest = (rest[0], rest[1]), rest[2:]
         k = min(schedule.k, left - 1)  # a row can take K + 1 tokens: never guess past max_new
         if clamped:

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import threading
 from pathlib import Path
+from unittest import mock
 
 from . import aoti_interface
 
@@ -113,7 +114,6 @@ def faster_codegen(interface_dir: Path | None = None):
         yield
 
 
-@contextlib.contextmanager
 def _memo_templates():
     """KernelTemplate._template_from_string(source) compiles `source` with Jinja on every call; the
     template it returns is a pure function of the source (its environment and filters are fixed),
@@ -122,14 +122,10 @@ def _memo_templates():
     original = KernelTemplate.__dict__["_template_from_string"]
     if not isinstance(original, staticmethod):
         raise TypeError("KernelTemplate._template_from_string is no longer a staticmethod")
-    KernelTemplate._template_from_string = staticmethod(functools.lru_cache(maxsize=None)(original.__func__))
-    try:
-        yield
-    finally:
-        KernelTemplate._template_from_string = original
+    return mock.patch.object(KernelTemplate, "_template_from_string",
+                             staticmethod(functools.lru_cache(maxsize=None)(original.__func__)))
 
 
-@contextlib.contextmanager
 def _memo_index_exprs():
     """cpp_template_kernel.parse_expr_with_index_symbols(text) parses `text` with sympy at every
     call; the expression it returns is a pure function of the text and immutable (sympy), so one
@@ -141,11 +137,7 @@ def _memo_index_exprs():
 
     def memo(expr):
         return parse(expr) if type(expr) is str else original(expr)
-    ctk.parse_expr_with_index_symbols = memo
-    try:
-        yield
-    finally:
-        ctk.parse_expr_with_index_symbols = original
+    return mock.patch.object(ctk, "parse_expr_with_index_symbols", memo)
 
 
 def _graph_state(gm) -> list:
@@ -161,7 +153,6 @@ def _graph_state(gm) -> list:
     return state
 
 
-@contextlib.contextmanager
 def _no_repeated_fake_prop():
     """freezing_passes calls fake_tensor_prop(gm, ...) after each constant folding, to refresh the
     nodes' fake values; where the graph and its attributes are as the previous call on the same
@@ -177,11 +168,7 @@ def _no_repeated_fake_prop():
         mode = original(gm, example_inputs, force_allow_non_fake_inputs)
         last.update(gm=gm, state=_graph_state(gm), mode=mode)
         return mode
-    fp.fake_tensor_prop = prop
-    try:
-        yield
-    finally:
-        fp.fake_tensor_prop = original
+    return mock.patch.object(fp, "fake_tensor_prop", prop)
 
 
 class _NoBar:
@@ -197,20 +184,11 @@ class _NoBar:
         pass
 
 
-@contextlib.contextmanager
 def _no_progress_bars():
     """fx.Interpreter.run makes a tqdm bar, disabled unless torch.fx.config.disable_progress is
     off; where it is on (the default), a bar that does nothing instead."""
     from torch.fx import config, interpreter
-    original = interpreter.tqdm
-    if not config.disable_progress:
-        yield
-        return
-    interpreter.tqdm = _NoBar
-    try:
-        yield
-    finally:
-        interpreter.tqdm = original
+    return mock.patch.object(interpreter, "tqdm", _NoBar) if config.disable_progress else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
