@@ -101,7 +101,10 @@ class StaticCache:
         """This cache over other tensors laid out as step_state (for tracing)."""
         c, n = copy.copy(self), len(self.k)
         c._lengths, c.k, c.v, c._index, c.graphs = state[0], list(state[1:1 + n]), list(state[1 + n:1 + 2 * n]), None, {}
-        c.key_range = torch.sym_min(state[1 + 2 * n].shape[0], c.capacity)
+        # step_state's bound never exceeds the capacity; told so, the trace's sizes are the bound itself
+        # rather than min(bound, capacity) (simpler symbolic sizes: a shorter build)
+        c.key_range = state[1 + 2 * n].shape[0]
+        torch._check(c.key_range <= c.capacity)
         return c
 
     # -- writes -------------------------------------------------------------------------------
@@ -122,14 +125,16 @@ class StaticCache:
         return self.lengths.long()[:, None] + torch.arange(T, device=self.lengths.device), longest
 
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> None:
-        """k, v: (B, H_kv, T, D) written at `slots` (B, T)."""
+        """k, v: (B, T, H_kv, D), as the projections make them, written at `slots` (B, T)."""
         if self._index is None or self._index[0] is not slots:  # built once per forward, not per layer
             self._index = (slots, torch.arange(slots.shape[0], device=slots.device)[:, None])
         rows = self._index[1]
         # an index_put, not a scatter: a compiled step (models/compiled_cpu.py) then writes the cache
         # in place; a scatter into a graph input is copied whole, in and out, every layer and step
-        self.k[layer][rows, :, slots] = k.transpose(1, 2).to(self.dtype)
-        self.v[layer][rows, :, slots] = v.transpose(1, 2).to(self.dtype)
+        # (rows, :, slots) puts the indexed dims first: the value is (B, T, H_kv, D) as it comes, no
+        # transposes; a cast only where the dtypes differ (each op is a node of the compiled step's graph)
+        self.k[layer][rows, :, slots] = k if k.dtype == self.dtype else k.to(self.dtype)
+        self.v[layer][rows, :, slots] = v if v.dtype == self.dtype else v.to(self.dtype)
 
     def advance(self, n_new: Tensor | int) -> None:
         """Lengths += n_new (per row): tokens a forward wrote after reserve()."""

@@ -111,7 +111,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cache: StaticCache, batch: AttentionBatch) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x)
-        cache.write(self.layer, k.transpose(1, 2), v.transpose(1, 2), batch.slots)
+        cache.write(self.layer, k, v, batch.slots)
         out = attend(q, cache.k[self.layer], cache.v[self.layer], batch, sm_scale=self.scale)
         return self.c_proj(out.reshape(B, T, -1))
 

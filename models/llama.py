@@ -57,7 +57,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: StaticCache, batch: AttentionBatch) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x, cos, sin)
-        cache.write(self.layer, k.transpose(1, 2), v.transpose(1, 2), batch.slots)
+        cache.write(self.layer, k, v, batch.slots)
         out = attend(q, cache.k[self.layer], cache.v[self.layer], batch, window=self.window, sm_scale=self.scale)
         return self.wo(out.reshape(B, T, -1))
 

@@ -17,7 +17,10 @@ def rope_cos_sin(positions: Tensor, inv_f: Tensor, dtype) -> tuple[Tensor, Tenso
     emb = torch.cat((freqs, freqs), dim=-1)
     sin = emb.sin()
     sin[..., :sin.shape[-1] // 2].neg_()
-    return emb.cos().to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
+    cos = emb.cos()
+    if dtype != torch.float32:  # no cast op where none is needed
+        cos, sin = cos.to(dtype), sin.to(dtype)
+    return cos[:, :, None], sin[:, :, None]
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

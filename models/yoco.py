@@ -250,7 +250,7 @@ class YOCODecoder(NativeDecoder):
             x = x + blk.attn.wo(out.reshape(B, T, -1))
             x = x + blk.mlp(blk.mlp_norm(x))
         k, v = self.global_kv(x, cos, sin)
-        cache.kv.write(0, k.transpose(1, 2), v.transpose(1, 2), slots)
+        cache.kv.write(0, k, v, slots)
         return x
 
     def _cross_decoder(self, x, cos, sin, cache: YOCOCache, batch: AttentionBatch) -> Tensor:
