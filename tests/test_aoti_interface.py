@@ -1,9 +1,10 @@
 """models/aoti_interface.py: a wrapper compiled as two units (the model's code, and the runtime
 interface compiled once and cached) is the program inductor's whole compile makes. Checked on a
 small source laid out as inductor lays out a wrapper (include lines, the interface's text, the
-model's code, with an inline function and a function-local static that both units use), against
-the same source compiled whole; where the model's code does not compile alone, inductor's own
-build runs. The real libraries built this way are checked against a float64 oracle and the eager
+model's code, with an inline function and a function-local static that both units use, and a CRTP
+model base whose members the interface object holds), against the same source compiled whole;
+where the model's code does not compile alone, or needs a base member the interface object lacks,
+inductor's own build runs. The real libraries built this way are checked against a float64 oracle and the eager
 step in tests/test_compiled_step.py, whose fixture also asserts they were built split."""
 import subprocess
 
@@ -13,6 +14,16 @@ from models import aoti_interface
 
 HEADER = """
 inline int counter() { static int calls = 0; return ++calls; }  // one static, whichever unit calls
+namespace torch::aot_inductor {  // the model base as model_base.h / model.h lay it out (CRTP)
+template <typename Model> class AOTInductorModelBase {
+ public:
+  __attribute__((noinline)) int offset(int x) { return static_cast<Model*>(this)->scale() * x + counter(); }
+};
+class AOTInductorModel : public AOTInductorModelBase<AOTInductorModel> {
+ public:
+  int scale();
+};
+}
 """
 INTERFACE = """
 #define SCALE 3
@@ -20,7 +31,12 @@ int model_value(int x);
 extern "C" int interface_entry(int x) { int v = model_value(x); return SCALE * v + counter(); }
 """
 MODEL = """
-int model_value(int x) { return x * x + 100 * counter(); }
+int torch::aot_inductor::AOTInductorModel::scale() { return 10; }
+int model_value(int x) {
+  torch::aot_inductor::AOTInductorModel m;
+  int mine = 100 * counter(), base = m.offset(x);  // in this order
+  return x * x + mine + base;
+}
 """
 MODEL_NEEDING_THE_INTERFACE = """
 int model_value(int x) { return SCALE * x; }
@@ -77,9 +93,22 @@ def test_split_build_is_the_whole_build(sources):
     assert whole.calls == 0 and len(list(objects.glob("interface-*.o"))) == 1
     reference = wrapper(sources, "ref", MODEL)
     whole(reference)
-    # the interface's call of counter() and the model's share one static in each program
-    assert run(split.target, 5) == run(reference.target, 5) == [3 * (25 + 100) + 2, 3 * (25 + 300) + 4,
-                                                                 3 * (25 + 500) + 6]
+    # the interface's call of counter(), the model's and the base's share one static in each program
+    assert run(split.target, 5) == run(reference.target, 5) == [3 * (25 + 100 + 50 + 2) + 3, 3 * (25 + 400 + 50 + 5) + 6,
+                                                                 3 * (25 + 700 + 50 + 8) + 9]
+    # the model's unit left the base's member to the interface object, which holds it
+    model_unit = split.target.with_name("model-unit.o")
+    _, unit = aoti_interface.split(split.source.read_text(), INTERFACE)
+    model_unit.with_suffix(".cpp").write_text(unit)
+    subprocess.run(["g++", "-O1", "-fPIC", f"-I{sources}", "-c", "-o", str(model_unit), str(model_unit.with_suffix(".cpp"))], check=True)
+    assert aoti_interface._undefined_base(str(model_unit)) and not aoti_interface._undefined_base(str(split.target))
+
+
+def test_a_model_unit_that_needs_a_base_member_the_interface_lacks_builds_whole(sources, monkeypatch):
+    monkeypatch.setattr(aoti_interface, "INSTANTIATE", "")  # an interface object without the model base
+    b = wrapper(sources, "x", MODEL)
+    assert not aoti_interface.build_wrapper(b, whole, sources / "objects")
+    assert whole.calls == 1 and run(b.target, 5)[0] == 3 * (25 + 100 + 50 + 2) + 3
 
 
 def test_the_interface_object_is_compiled_once(sources, monkeypatch):
@@ -89,7 +118,7 @@ def test_the_interface_object_is_compiled_once(sources, monkeypatch):
     monkeypatch.setattr(aoti_interface, "_compile", lambda *a: compiled.append(a) or pytest.fail("recompiled"))
     second = wrapper(sources, "b", MODEL.replace("100", "7"))
     assert aoti_interface.build_wrapper(second, whole, objects)
-    assert run(second.target, 2)[0] == 3 * (4 + 7) + 2 and compiled == []
+    assert run(second.target, 2)[0] == 3 * (4 + 7 + 20 + 2) + 3 and compiled == []
 
 
 def test_a_model_unit_that_needs_the_interface_builds_whole(sources):
@@ -102,12 +131,13 @@ def test_a_source_not_laid_out_so_builds_whole(sources):
     b = Builder(sources, "n")
     b.source.write_text(f'#include "helper.h"\nint x = 1;\n{INTERFACE}{MODEL}')  # code before the interface
     assert not aoti_interface.build_wrapper(b, whole, sources / "objects")
-    assert whole.calls == 1 and run(b.target, 1)[0] == 3 * (1 + 100) + 2
+    assert whole.calls == 1 and run(b.target, 1)[0] == 3 * (1 + 100 + 10 + 2) + 3
 
 
 def test_split_reads_include_lines_the_interface_and_the_rest():
     head = "\n#include <a.h>\n#include <b.h>\n"
-    assert aoti_interface.split(head + INTERFACE + MODEL, INTERFACE) == (head + INTERFACE, head + MODEL)
+    assert aoti_interface.split(head + INTERFACE + MODEL, INTERFACE) == (
+        head + INTERFACE + "\n" + aoti_interface.INSTANTIATE, head + aoti_interface.EXTERN + MODEL)
     assert aoti_interface.split(head + MODEL, INTERFACE) is None  # no interface
     assert aoti_interface.split(head + INTERFACE + INTERFACE, INTERFACE) is None  # twice
     assert aoti_interface.split("int y;\n" + INTERFACE + MODEL, INTERFACE) is None  # code before it
