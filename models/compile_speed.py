@@ -74,8 +74,9 @@ def warm_headers(weight_bytes: int, interface_dir: Path | None = None) -> None:
 @contextlib.contextmanager
 def headers_warming(configs: dict, weight_bytes: int, interface_dir: Path | None = None):
     """Within: `warm_headers` running in a thread under inductor's `configs` (BUILD_CONFIG: what
-    the g++ command lines read, e.g. -g1 from enable_line_tables; config patches are per thread).
-    Joined on a normal exit; after an error it is left to finish on its own (a cache fill)."""
+    the g++ command lines read, e.g. -g1 from enable_line_tables; config patches are per thread),
+    and `warm_system_key` in another. Joined on a normal exit; after an error they are left to
+    finish on their own (cache fills)."""
     try:
         import torch._inductor.codecache  # noqa: F401  (imported here, not in the thread)
         import torch._inductor.cpp_builder  # noqa: F401
@@ -88,15 +89,21 @@ def headers_warming(configs: dict, weight_bytes: int, interface_dir: Path | None
 
     def run():
         try:
-            warm_system_key()
             with config.patch(configs):
                 warm_headers(weight_bytes, interface_dir)
         except Exception:
             pass
-    thread = threading.Thread(target=run, name="aoti-warm-headers", daemon=True)
-    thread.start()
+    # two threads: the g++ runs wait outside the GIL, while the system key hashes triton's files one
+    # by one, each waiting for the GIL the export holds (~9 s of wall time for 0.9 s of work); in one
+    # thread, the key first, the precompiled headers of a fresh machine started ~9 s late and the
+    # build waited for them at its end
+    threads = [threading.Thread(target=run, name="aoti-warm-headers", daemon=True),
+               threading.Thread(target=warm_system_key, name="aoti-system-key", daemon=True)]
+    for thread in threads:
+        thread.start()
     yield
-    thread.join()
+    for thread in threads:
+        thread.join()
 
 
 @contextlib.contextmanager

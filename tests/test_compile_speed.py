@@ -144,3 +144,23 @@ def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
         fp.fake_tensor_prop(gm, [x], True)
         assert len(calls) == 3 and "val" in relu.meta
     assert fp.fake_tensor_prop is counted
+
+
+def test_the_system_key_and_the_headers_warm_in_threads_of_their_own(monkeypatch):
+    """The system key's hashing waits on the GIL; the headers' g++ runs must not wait behind it."""
+    log, lock = [], threading.Lock()
+
+    def step(name):
+        def run(*args):
+            with lock:
+                log.append(("start", name, time.perf_counter()))
+            time.sleep(0.3)
+            with lock:
+                log.append(("end", name, time.perf_counter()))
+        return run
+    monkeypatch.setattr(compile_speed, "warm_headers", step("headers"))
+    monkeypatch.setattr(compile_speed, "warm_system_key", step("key"))
+    with compile_speed.headers_warming({}, 1 << 20):
+        pass
+    assert {n for e, n, _ in log if e == "end"} == {"headers", "key"}  # both joined on exit
+    assert max(at(log, "start", n) for n in ("headers", "key")) < min(at(log, "end", n) for n in ("headers", "key"))
