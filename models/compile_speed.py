@@ -5,9 +5,9 @@ builds: the same C++ source, compiled with the same commands, so the same librar
   precompiled headers (the wrapper's and the kernels', ~8 s of g++ each on a machine that has never
   built one) are built while the export and inductor's tracing (Python, one core) run, instead of
   one after the other at the end. Same function, arguments and on-disk cache as inductor's own call
-  (AotCodeCompiler.compile), which then finds them built (a file lock orders the two). The same
-  thread first fills inductor's system key (CacheBase.get_system: a sha256 of triton's 500 MB
-  library, 0.6 s, outside the GIL), which the GEMM lowering would otherwise compute on the main thread.
+  (AotCodeCompiler.compile), which then finds them built (a file lock orders the two). A second
+  thread fills inductor's system key (CacheBase.get_system: a sha256 of triton's 500 MB library,
+  file by file), which the GEMM lowering would otherwise compute on the main thread.
 - `faster_codegen()`, around aoti_compile_and_package:
   - each Jinja source of the C++ GEMM template is compiled once, not at every render (each of the
     shipped target's 66 renders compiled ~5 templates from source: 10-12 s of rendering -> 2-3 s);
