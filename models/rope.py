@@ -18,7 +18,7 @@ def rope_cos_sin(positions: Tensor, inv_f: Tensor, dtype) -> tuple[Tensor, Tenso
     sin = emb.sin()
     sin[..., :sin.shape[-1] // 2].neg_()
     cos = emb.cos()
-    if dtype != torch.float32:  # no cast op where none is needed
+    if dtype != cos.dtype:  # no cast op where none is needed
         cos, sin = cos.to(dtype), sin.to(dtype)
     return cos[:, :, None], sin[:, :, None]
 
