@@ -3,11 +3,13 @@
 Everything that depends only on the batch layout (which slot each query sits in, which keys it may
 see) is computed once per forward in `AttentionBatch` and shared by all layers.
 
-Two paths. The decode kernel (`kernels.decode_attention`) when its dispatcher picks Triton (CUDA
+Three paths. The decode kernel (`kernels.decode_attention`) when its dispatcher picks Triton (CUDA
 tensors, or DECODING_ATTN=triton) and the queries are in its layout: each row's real queries come
 first, pads after, and the real ones take the row's last slots (decode steps, verify blocks, the
-static CUDA-graph step). Otherwise SDPA with an explicit mask: the CPU default, prefills, and any
-other layout (a left-padded prompt, a mask with holes).
+static CUDA-graph step). In the compiled CPU step's trace, `fused_attention`: the same product
+written as reductions, so inductor generates it as loops inside the step. Otherwise SDPA with an
+explicit mask: eager CPU forwards, prefills, and any other layout (a left-padded prompt, a mask
+with holes).
 """
 from __future__ import annotations
 
@@ -48,11 +50,12 @@ class AttentionBatch:
     (None: every query real and appended at its row's end) and `kv_len`, a host bound on the
     longest row after the write: keys past it are never read (None: read the lengths back).
     `exact`: kv_len is every row's length (one row, one query: then no mask is needed).
-    `kernel` is the decode kernel when this layout can use it (else None), with `q_lens` (B,)."""
+    `kernel` is the decode kernel when this layout can use it (else None), with `q_lens` (B,).
+    `fused`: attention runs as `fused_attention` (the compiled CPU step's trace)."""
 
     def __init__(self, slots: Tensor, lengths: Tensor, valid: Tensor | None = None, kv_len: int | None = None,
                  *, exact: bool = False):
-        self.slots, self.lengths, self.valid, self.exact = slots, lengths, valid, exact
+        self.slots, self.lengths, self.valid, self.exact, self.fused = slots, lengths, valid, exact, False
         self._masks: dict[int, Tensor | None] = {}
         self.kernel, self.q_lens = kernel_for(slots, slots.shape[1]), None
         self.kv_len = kv_len
@@ -69,12 +72,15 @@ class AttentionBatch:
             self.kv_len = int(lengths.max())  # keys past the longest row are never read
 
     @classmethod
-    def static(cls, slots: Tensor, lengths: Tensor, capacity: int) -> "AttentionBatch":
+    def static(cls, slots: Tensor, lengths: Tensor, capacity: int, *, fused: bool = False) -> "AttentionBatch":
         """The fixed-shape layout (CUDA graphs, the compiled CPU step): every query real and at its
         row's end, every row reading all `capacity` slots, visibility from the device-side slots
-        only. On CUDA the kernel runs with q_lens=None and reads the lengths on the device."""
+        only. On CUDA the kernel runs with q_lens=None and reads the lengths on the device.
+        fused: attention as `fused_attention` where the kernel does not run (pass it while tracing
+        the compiled CPU step)."""
         batch = cls(slots, lengths, None, capacity)
         batch.q_lens = None  # the kernel's default: slots.shape[1] queries per row
+        batch.fused = fused
         return batch
 
     def mask(self, window: int) -> Tensor | None:
@@ -101,6 +107,29 @@ def attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, batch: AttentionBatch, *
     k, v = k_cache[:, :, :L], v_cache[:, :, :L]
     if batch.kernel is not None and q.dtype == k.dtype and q.dtype in KERNEL_DTYPES and q.shape[-1] <= 256:
         return batch.kernel(q, k, v, batch.lengths, q_lens=batch.q_lens, window=window, sm_scale=sm_scale)
+    if batch.fused:
+        return fused_attention(q, k, v, batch.mask(window), sm_scale)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=batch.mask(window),
                                          scale=sm_scale, enable_gqa=k.shape[1] != q.shape[2])
     return out.transpose(1, 2)
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(q k^T * scale, masked) v written as two reductions over a broadcast product, for a
+    trace that inductor compiles (models/compiled_cpu.py): it generates them as loops fused into
+    the step. The CPU SDPA kernel it replaces there costs ~20 us a layer at a decode step's size in
+    fixed overhead (transposes, allocations, dispatch), most of a layer's attention. Not for eager
+    use: the product is materialised there. q (B, T, Hq, D), k/v (B, Hkv, L, D), mask (B, 1, T, L)
+    bool (True = visible; every query sees a key) or None -> (B, T, Hq, D)."""
+    import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv  # queries per KV head (GQA/MQA): they read the same keys
+    qg = q.reshape(B, T, Hkv, G, D).permute(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D)
+    # stored once: else inductor inlines q's RoPE into the score loop and recomputes its cos/sin per key
+    qg = torch.ops.prims.inductor_force_stride_order(qg, (Hkv * G * T * D, G * T * D, T * D, D, 1))
+    s = (qg[..., None, :] * k[:, :, None, None]).sum(-1) * scale  # (B, Hkv, G, T, L)
+    if mask is not None:
+        s = s.masked_fill(~mask[:, :, None], float("-inf"))
+    o = (torch.softmax(s, -1)[..., None] * v[:, :, None, None]).sum(-2)  # (B, Hkv, G, T, D)
+    return o.permute(0, 3, 1, 2, 4).reshape(B, T, Hq, D)

@@ -80,6 +80,11 @@ class StaticCache:
         return self.capacity if self.key_range is None else self.key_range
 
     @property
+    def traced(self) -> bool:
+        """Inside the compiled CPU step's trace (a cache from from_state): attention runs fused."""
+        return self.key_range is not None
+
+    @property
     def dtype(self):
         return self.k[0].dtype
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import AttentionBatch, attend
+from .attention import AttentionBatch, attend, fused_attention
 from .compiled import last
 from .config import DecoderConfig
 from .llama import MLP, Block, RMSNorm
@@ -98,16 +98,18 @@ def yoco_zoo_config(vocab_size: int, bos: int | None, eos: int | None, pad: int 
 
 
 def window_attend(q: Tensor, k: Tensor, v: Tensor, ring_k: Tensor, ring_v: Tensor, ring_rel: Tensor,
-                  *, window: int, scale: float, chunk: int | None) -> Tensor:
+                  *, window: int, scale: float, chunk: int | None, fused: bool = False) -> Tensor:
     """Sliding-window attention of T packed new tokens (row b's token t sits at start_b + t).
 
     q (B, T, Hq, D), k/v (B, T, Hkv, D); ring_k/v (B, Hkv, S, D) hold older keys at positions
     start_b + ring_rel (B, S) (valid where ring_rel < 0, else -inf). Query t sees keys at relative
     positions (t - window, t]. Queries go in chunks, each against the ring and the new keys of its
     window only, so a T-token prefill costs O(T * (window + chunk)), not O(T^2); chunk=None: one
-    chunk, with no Python arithmetic on T (the compiled step's T is symbolic).
+    chunk, with no Python arithmetic on T (the compiled step's T is symbolic). fused: the attention
+    as models/attention.fused_attention (the compiled CPU step's trace).
     """
     B, T, Hq, _ = q.shape
+    q_in = q
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     ring_k, ring_v = ring_k.to(q.dtype), ring_v.to(q.dtype)
     gqa = k.shape[1] != Hq
@@ -122,6 +124,9 @@ def window_attend(q: Tensor, k: Tensor, v: Tensor, ring_k: Tensor, ring_v: Tenso
             ring_vis = (ring_rel[:, None, :] < 0) & (ring_rel[:, None, :] > tq[None] - window)  # (B, C, S)
             mask = torch.cat([ring_vis, mask], -1)
             keys, vals = torch.cat([ring_k, keys], 2), torch.cat([ring_v, vals], 2)
+        if fused:
+            outs.append(fused_attention(q_in[:, c0:c1], keys, vals, mask[:, None], scale).transpose(1, 2))
+            continue
         outs.append(F.scaled_dot_product_attention(q[:, :, c0:c1], keys, vals, attn_mask=mask[:, None],
                                                    scale=scale, enable_gqa=gqa))
     return torch.cat(outs, 2).transpose(1, 2)  # (B, T, Hq, D)
@@ -234,7 +239,8 @@ class YOCODecoder(NativeDecoder):
 
     __call__ = nn.Module.__call__
 
-    def _self_decoder(self, x, cos, sin, cache: YOCOCache, start, n_new, high, slots, *, chunk: int | None) -> Tensor:
+    def _self_decoder(self, x, cos, sin, cache: YOCOCache, start, n_new, high, slots, *, chunk: int | None,
+                      fused: bool = False) -> Tensor:
         """Self-decoder over the packed new tokens (rings read and written), then the global K/V
         written at `slots`; returns the self-decoder's output (B, T, dim)."""
         T = x.shape[1]
@@ -245,7 +251,7 @@ class YOCODecoder(NativeDecoder):
         for i, blk in enumerate(self.self_layers):
             q, k, v = blk.attn.project(blk.attn_norm(x), cos, sin)  # (B, T, H, D)
             out = window_attend(q, k, v, cache.ring_k[i], cache.ring_v[i], ring_rel,
-                                window=self.config.window, scale=self.scale, chunk=chunk)
+                                window=self.config.window, scale=self.scale, chunk=chunk, fused=fused)
             cache.write_ring(i, k.transpose(1, 2), v.transpose(1, 2), plan)
             x = x + blk.attn.wo(out.reshape(B, T, -1))
             x = x + blk.mlp(blk.mlp_norm(x))
@@ -270,9 +276,9 @@ class YOCODecoder(NativeDecoder):
         slots = start.long()[:, None] + torch.arange(T, device=input_ids.device)
         cos, sin = rope_cos_sin(slots, self.inv_freq, self.dtype)
         x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
-                               torch.maximum(cache.high, start + T), slots, chunk=None)
+                               torch.maximum(cache.high, start + T), slots, chunk=None, fused=cache.traced)
         x, cos, sin, slots = (last(t, keep) for t in (x, cos, sin, slots))
-        batch = AttentionBatch.static(slots, start + T, cache.readable)
+        batch = AttentionBatch.static(slots, start + T, cache.readable, fused=cache.traced)
         h = self._cross_decoder(x, cos, sin, cache, batch)
         return (self.lm_head(h), h) if hidden else self.lm_head(h)
 

@@ -71,6 +71,10 @@ class YOCOCache:
         return self.kv.readable
 
     @property
+    def traced(self) -> bool:
+        return self.kv.traced
+
+    @property
     def dtype(self):
         return self.kv.dtype
 

@@ -15,6 +15,7 @@ import torch
 
 import models.compiled_cpu as cc
 from models import DecoderConfig, LlamaDecoder, aoti_interface
+from models.attention import AttentionBatch, attend
 from models.compiled import GraphedStep, static_forward
 from models.yoco import YOCOConfig, YOCODecoder
 from recompute_model import RecomputeModel
@@ -93,6 +94,32 @@ def test_graphed_step_on_cpu_matches_oracle():
         c.reserve(ids.shape[1])
         return GraphedStep(model)(ids, c)  # CPU: the static step, lengths advanced in place
     script(model, step)
+
+
+@pytest.mark.parametrize("Hq,Hkv,T,window", [(4, 2, 1, 0), (4, 1, 3, 0), (2, 2, 4, 3)],
+                         ids=["gqa-decode", "mqa-verify", "mha-window"])
+def test_fused_attention_matches_float64(Hq, Hkv, T, window):
+    """The compiled step's attention (models/attention.fused_attention), run eagerly, against softmax
+    attention written out per query in float64; rows of different lengths, keys past a row's end
+    (finite garbage) masked, a sliding window."""
+    g = torch.Generator().manual_seed(0)
+    B, L, D, scale = 2, 9, 8, 0.3
+    q = torch.randn(B, T, Hq, D, generator=g)
+    k, v = torch.randn(B, Hkv, L, D, generator=g), torch.randn(B, Hkv, L, D, generator=g)
+    slots = torch.stack([torch.arange(L - T, L), torch.arange(4, 4 + T)])  # row 1 ends at slot 3 + T
+    batch = AttentionBatch.static(slots, slots[:, -1] + 1, L, fused=True)
+    out = attend(q, k, v, batch, window=window, sm_scale=scale)
+    ref = torch.empty(B, T, Hq, D, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            n, at = torch.arange(L), int(slots[b, t])
+            seen = (n <= at) & ((n > at - window) if window else True)
+            for h in range(Hq):
+                kv = h // (Hq // Hkv)
+                s = (k[b, kv].double() @ q[b, t, h].double()) * scale
+                p = torch.softmax(s.masked_fill(~seen, float("-inf")), 0)
+                ref[b, t, h] = p @ v[b, kv].double()
+    assert torch.allclose(out.double(), ref, atol=1e-5), (out.double() - ref).abs().max()
 
 
 # -- the compiled CPU step -------------------------------------------------------------------------
