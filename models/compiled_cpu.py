@@ -45,14 +45,13 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import compile_speed
+from . import compile_speed, micro_gemm
 from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
@@ -70,7 +69,7 @@ WIDE_BLOCKING = {"AVX2": (8, 8)}  # CPU capability -> (block_m, block_n); measur
 MAX_BATCH = 1024
 AUTO_DTYPES = (torch.float32,)  # where compiled = eager's tokens was checked (tests run HF-identity through it)
 _SOURCES = ("native.py", "llama.py", "yoco.py", "attention.py", "compiled.py", "compiled_cpu.py", "rope.py",
-            "cache.py", "yoco_cache.py", "layout.py", "gpt2.py")
+            "cache.py", "yoco_cache.py", "layout.py", "gpt2.py", "micro_gemm.py")
 # the frozen library's build: weights as constants, every matmul inductor's C++ GEMM template over
 # weights prepacked for its micro-kernel. No timing of alternatives: on the CPU measured the template
 # beat MKL at every decode shape (1.2-1.7x per step, bench/compiled_step.py), and autotuning doubled
@@ -328,7 +327,8 @@ class CompiledStep:
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-            with compile_speed.faster_codegen(interface_dir), _micro_kernels(key.get("blocking")):
+            with compile_speed.faster_codegen(interface_dir), micro_gemm.register_blocking(key.get("blocking")), \
+                    micro_gemm.streamlined_k_loop():
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)
@@ -357,32 +357,6 @@ def _load_checked(path: Path, meta: Path, key: dict):
         f.unlink(missing_ok=True)
     return None
 
-
-
-@contextmanager
-def _micro_kernels(blocking: list[int] | None):
-    """For one build: inductor's fp32 micro-kernels for this CPU's vector ISA limited to the register
-    blocking (block_m, block_n) (no limit for None). Fails the build where this torch has no such kernel."""
-    if not blocking:
-        yield
-        return
-    import torch._inductor.compile_fx  # noqa: F401  (cpp_micro_gemm imports in this order only)
-    from torch._inductor.codegen import cpp_micro_gemm as mg
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-    isa, want = type(pick_vec_isa()), tuple(blocking)
-
-    def fp32(c) -> bool:  # an fp32 kernel of this ISA
-        return c.input_dtype == c.output_dtype == torch.float32 and issubclass(isa, c.vec_isa_cls)
-    saved = {cls: list(configs) for cls, configs in mg.micro_gemm_configs.items()}
-    kept = {cls: [c for c in configs if not fp32(c) or tuple(c.register_blocking[:2]) == want]
-            for cls, configs in saved.items()}
-    if not any(fp32(c) for configs in kept.values() for c in configs):
-        raise RuntimeError(f"this torch has no {want[0]}x{want[1]} fp32 micro-kernel for {isa.__name__}")
-    mg.micro_gemm_configs.update(kept)
-    try:
-        yield
-    finally:
-        mg.micro_gemm_configs.update(saved)
 
 
 def _open(path: Path):

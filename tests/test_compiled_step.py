@@ -478,3 +478,17 @@ def test_cpu_decode_steps_read_nothing_back(name, monkeypatch):
     assert reads == []
     for out, ref in outs:
         assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_k_loop_edits_apply_to_this_torch_and_are_undone():
+    """models/micro_gemm's edits of inductor's fp32 micro-kernel find their text in this torch's
+    template (else the frozen library would silently lose them), and the template is restored after
+    the build. The edited kernel's values: every frozen library of this file runs it (oracle tests)."""
+    from models import micro_gemm
+    cls = micro_gemm._micro_gemm_module().CppMicroGemmFP32Vec
+    before = cls.TEMPLATE_KERNEL
+    assert [before.count(old) for old, _ in micro_gemm._EDITS] == [1] * len(micro_gemm._EDITS)
+    with micro_gemm.streamlined_k_loop():
+        edited = cls.TEMPLATE_KERNEL
+    assert all(new in edited and old not in edited for old, new in micro_gemm._EDITS if old not in new)
+    assert cls.TEMPLATE_KERNEL == before
