@@ -131,5 +131,7 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale:
     s = (qg[..., None, :] * k[:, :, None, None]).sum(-1) * scale  # (B, Hkv, G, T, L)
     if mask is not None:
         s = s.masked_fill(~mask[:, :, None], float("-inf"))
-    o = (torch.softmax(s, -1)[..., None] * v[:, :, None, None]).sum(-2)  # (B, Hkv, G, T, D)
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    # normalised after the sum over keys: one division per output, not one per key and output
+    o = (e[..., None] * v[:, :, None, None]).sum(-2) / e.sum(-1)[..., None]  # (B, Hkv, G, T, D)
     return o.permute(0, 3, 1, 2, 4).reshape(B, T, Hq, D)
