@@ -26,7 +26,9 @@ _EDITS = (
      "    }"),
     ("            vb[col] = Vectorized::loadu(B + k * ldb + col * VLEN);\n",
      "            vb[col] = Vectorized::loadu(B + k * ldb + col * VLEN);\n"
-     "            __builtin_prefetch(B + k * ldb + col * VLEN + 1024);\n"),
+     "#if defined(__GNUC__) || defined(__clang__)\n"
+     "            __builtin_prefetch(B + k * ldb + col * VLEN + 1024);\n"
+     "#endif\n"),
 )
 
 
