@@ -72,15 +72,14 @@ class AttentionBatch:
             self.kv_len = int(lengths.max())  # keys past the longest row are never read
 
     @classmethod
-    def static(cls, slots: Tensor, lengths: Tensor, capacity: int, *, fused: bool = False) -> "AttentionBatch":
-        """The fixed-shape layout (CUDA graphs, the compiled CPU step): every query real and at its
-        row's end, every row reading all `capacity` slots, visibility from the device-side slots
-        only. On CUDA the kernel runs with q_lens=None and reads the lengths on the device.
-        fused: attention as `fused_attention` where the kernel does not run (pass it while tracing
-        the compiled CPU step)."""
-        batch = cls(slots, lengths, None, capacity)
+    def static(cls, slots: Tensor, lengths: Tensor, cache) -> "AttentionBatch":
+        """The fixed-shape layout (CUDA graphs, the compiled CPU step) over `cache`: every query real
+        and at its row's end, every row reading the cache's readable slots, visibility from the
+        device-side slots only. On CUDA the kernel runs with q_lens=None and reads the lengths on the
+        device; in the compiled CPU step's trace (`cache.traced`) attention is `fused_attention`."""
+        batch = cls(slots, lengths, None, cache.readable)
         batch.q_lens = None  # the kernel's default: slots.shape[1] queries per row
-        batch.fused = fused
+        batch.fused = cache.traced
         return batch
 
     def mask(self, window: int) -> Tensor | None:

@@ -32,7 +32,7 @@ def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False, k
     checks, no syncs: the caller guarantees ids in range and lengths + T <= capacity."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
-    batch = AttentionBatch.static(slots, cache.lengths + T, cache.readable, fused=cache.traced)
+    batch = AttentionBatch.static(slots, cache.lengths + T, cache)
     cos, sin = rope_cos_sin(slots, model.inv_freq, model.dtype)
     x = model.embed(input_ids)
     for layer in model.layers:

@@ -157,7 +157,7 @@ def gpt2_static_logits(model, input_ids: Tensor, cache, hidden: bool = False, ke
     lengths. No checks, no syncs."""
     T = input_ids.shape[1]
     slots = cache.lengths.long()[:, None] + torch.arange(T, device=input_ids.device)
-    batch = AttentionBatch.static(slots, cache.lengths + T, cache.readable, fused=cache.traced)
+    batch = AttentionBatch.static(slots, cache.lengths + T, cache)
     x = model.embed(input_ids) + model.wpe(slots)
     for layer in model.layers:
         x = layer(x, cache, batch)

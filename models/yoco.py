@@ -278,7 +278,7 @@ class YOCODecoder(NativeDecoder):
         x = self._self_decoder(self.embed(input_ids), cos, sin, cache, start, n_new,
                                torch.maximum(cache.high, start + T), slots, chunk=None, fused=cache.traced)
         x, cos, sin, slots = (last(t, keep) for t in (x, cos, sin, slots))
-        batch = AttentionBatch.static(slots, start + T, cache.readable, fused=cache.traced)
+        batch = AttentionBatch.static(slots, start + T, cache)
         h = self._cross_decoder(x, cos, sin, cache, batch)
         return (self.lm_head(h), h) if hidden else self.lm_head(h)
 

@@ -15,7 +15,7 @@ import torch
 
 import models.compiled_cpu as cc
 from models import DecoderConfig, LlamaDecoder, aoti_interface
-from models.attention import AttentionBatch, attend
+from models.attention import AttentionBatch, fused_attention
 from models.compiled import GraphedStep, static_forward
 from models.yoco import YOCOConfig, YOCODecoder
 from recompute_model import RecomputeModel
@@ -107,8 +107,8 @@ def test_fused_attention_matches_float64(Hq, Hkv, T, window):
     q = torch.randn(B, T, Hq, D, generator=g)
     k, v = torch.randn(B, Hkv, L, D, generator=g), torch.randn(B, Hkv, L, D, generator=g)
     slots = torch.stack([torch.arange(L - T, L), torch.arange(4, 4 + T)])  # row 1 ends at slot 3 + T
-    batch = AttentionBatch.static(slots, slots[:, -1] + 1, L, fused=True)
-    out = attend(q, k, v, batch, window=window, sm_scale=scale)
+    batch = AttentionBatch(slots, slots[:, -1] + 1, None, L)  # the mask of the static step's layout
+    out = fused_attention(q, k, v, batch.mask(window), scale)
     ref = torch.empty(B, T, Hq, D, dtype=torch.float64)
     for b in range(B):
         for t in range(T):
