@@ -15,10 +15,11 @@ class StaticCache:
     Truncation is a change of `lengths` only, so decode steps keep fixed shapes (CUDA graphs).
     Slots past a row's length hold garbage and are never attended to.
 
-    `longest` is a host-side upper bound on max(lengths), kept without reading the lengths back:
-    appends raise it by their width, a truncation by a host int lowers it, one by a tensor leaves
-    it (still a bound). Overflow checks and the attention's key range use it; the lengths are read
-    back only when the bound says a forward might overflow (then it is made exact again).
+    `longest` is a host-side upper bound on max(lengths), kept without a read-back of its own:
+    appends raise it by their width, a truncation sets it exactly (its bounds check reads the new
+    maximum in the same read), a reorder or select leaves it (still a bound). Overflow checks and
+    the attention's key range use it; the lengths are read back only when the bound says a forward
+    might overflow (then it is made exact again).
     """
     max_rollback = None  # capability (models/protocol.py): any row truncates to any length
 
@@ -147,16 +148,17 @@ class StaticCache:
 
     # -- operations of the cache protocol ----------------------------------------------------
     def truncate(self, n) -> None:
-        host = n if isinstance(n, int) else None
+        """Drop the last n tokens (per row if a tensor). The bounds check's one read-back also brings
+        back the new longest length, so the host bound stays exact: a step's attention reads keys up
+        to it, and a loose bound (it grew by every verify's width) cost each later step."""
         n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
-        if bool(((n < 0) | (n > self.lengths)).any()):
+        left = self._lengths - n
+        bad, top = torch.stack([((n < 0) | (left < 0)).any().int(), left.max()]).tolist()
+        if bad:
             raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
                              f"{self.lengths.tolist()}, n {n.tolist()}")
-        self._lengths -= n
-        if host is not None and self.longest is not None:  # every row drops n: so does the bound
-            self.longest -= host
-        else:
-            self.exact = False
+        self._lengths.copy_(left)
+        self.longest, self.exact = top, True
 
     def _check_index(self, index: Tensor, name: str) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)

@@ -71,22 +71,21 @@ def per_round(target, **kw) -> tuple[int, int]:
 
 # strategy -> (arguments, host reads per round in decoding/, in models/). The models' side of a
 # native Llama on CPU: none per forward (the embedding lookup is the ids' range check, the cache
-# keeps a host-side bound on its longest row), 2 per truncate (its bounds check), 2 per beam
-# reorder (the index check), 1 when a truncate left the bound unknown and a step could overflow it
-# (the speculative draft's cache, every other round).
+# keeps a host-side bound on its longest row), 1 per truncate (its bounds check, which also reads
+# the new longest length back: the bound stays exact), 2 per beam reorder (the index check).
 CASES = {
     "greedy": (dict(), 1, 0),  # all_finished
     "sampling": (dict(do_sample=True, top_k=10, seed=0), 1, 0),
     "beam": (dict(num_beams=3), 1, 2),  # the rows-done test
     # verify loop: the probe (running rows, tokens left) + all_finished; the draft: what it has not seen
     "speculative": (dict(assistant_model="draft", num_assistant_tokens=3, assistant_confidence_threshold=0),
-                    3, 2 + 1),
+                    3, 1 + 1),  # the target's truncate, the draft's
     # + the n-gram search: text length, guess length, all rows valid
-    "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 2),
-    "jacobi": (dict(strategy="jacobi", block_size=3), 2, 2),
-    "gs_jacobi": (dict(strategy="gs_jacobi", block_size=3), 4, 2),  # + the block's rest, all rows valid
-    "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2, 2),
-    "blockwise": (dict(strategy="blockwise", block_size=3), 2, 2),
+    "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 1),
+    "jacobi": (dict(strategy="jacobi", block_size=3), 2, 1),
+    "gs_jacobi": (dict(strategy="gs_jacobi", block_size=3), 4, 1),  # + the block's rest, all rows valid
+    "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2, 1),
+    "blockwise": (dict(strategy="blockwise", block_size=3), 2, 1),
 }
 
 
