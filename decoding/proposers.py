@@ -76,6 +76,7 @@ class DraftProposer(Proposer):
         self.before = self.cache.lengths.long() + (feed.shape[1] if mask is None else mask.sum(1))
         mask_step = None if all_running else running[:, None]  # finished rows take no slots
         tokens, probs = [], []
+        idle = None if all_running else ~running
         for j in range(steps):
             state.count_forward(draft=True)
             scores = self.forward(feed, mask, 1)[:, -1, :s.vocab].float()
@@ -90,8 +91,12 @@ class DraftProposer(Proposer):
                 tokens.append(scores.argmax(-1))
             if j + 1 == steps:
                 break
-            if self.threshold > 0 and self._unsure(scores, tokens[-1], running):
-                break  # HF's ConfidenceCriteria: the draft doubts its last guess in every row
+            if self.threshold > 0:  # HF's ConfidenceCriteria: stop where the draft doubts its last guess in every row
+                # the processed probability of the guess: greedy's is the largest one (no gather)
+                p = q.gather(1, tokens[-1][:, None]).squeeze(1) if s.do_sample else scores.softmax(-1).amax(-1)
+                low = p < self.threshold
+                if bool((low if idle is None else low | idle).all()):
+                    break
             feed, mask = tokens[-1][:, None], mask_step
         self.fed = len(tokens) - 1  # the last guess is never fed to the draft
         self.ran = running
@@ -99,10 +104,6 @@ class DraftProposer(Proposer):
 
     def nbytes(self) -> int:
         return self.cache.nbytes()
-
-    def _unsure(self, scores: Tensor, token: Tensor, running: Tensor) -> bool:
-        p = scores.softmax(-1).gather(1, token[:, None]).squeeze(1)
-        return bool(((p < self.threshold) | ~running).all())
 
     def observe(self, rnd: Round) -> None:
         if rnd.draft.shape[1] == 0:
