@@ -9,13 +9,23 @@ import warnings
 from models.adapt import as_decoder  # the one door into the protocol (HF adapter, declared defaults)
 from models.heads import default_heads, load_heads
 
-__all__ = ["as_decoder", "cache_size", "check_positions", "check_rollback", "proposal_heads", "rollback_bound"]
+__all__ = ["as_decoder", "cache_size", "check_positions", "check_rollback", "finished_rows_unmasked", "proposal_heads",
+           "rollback_bound"]
 
 
 def rollback_bound(*models) -> int | None:
     """The most tokens one round may roll back on every one of these models' caches (None: any)."""
     bounds = [m.max_rollback for m in models if m is not None and m.max_rollback is not None]
     return min(bounds, default=None)
+
+
+def finished_rows_unmasked(model) -> bool:
+    """Whether a propose-verify round may run this model's finished rows unmasked on whatever tokens
+    and roll back all they wrote: it keeps the round's step mask-free, so a native model's compiled
+    step or CUDA graph still takes it once rows finish at different rounds (with a mask it runs
+    eagerly). Needs a cache that rolls any row back any distance; the HF adapter gains nothing (it has
+    no fixed-shape step) and keeps the mask."""
+    return model.max_rollback is None and model.rollback_window is None and not model.hf_passthrough
 
 
 def check_rollback(k: int, name: str, rows: int, longest: int, **models) -> None:
@@ -53,7 +63,7 @@ def check_positions(model, longest_prompt: int, max_new: int, name: str = "the m
 
 def cache_size(model, width: int, max_new: int, most: int) -> tuple[int, bool]:
     """Cache slots for a propose-verify run: prompt + new tokens + one round of guesses past them (a
-    finished row's masked inputs still take scratch slots in the native cache), clamped to the
+    finished row's inputs, masked or rolled back, still take slots in the native cache), clamped to the
     model's position limit; True when clamped, so that rounds must cap k to the room left."""
     want = width + max_new + min(most, max_new) + 2
     limit = model.max_positions

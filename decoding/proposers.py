@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import sampling
-from .capabilities import cache_size
+from .capabilities import cache_size, finished_rows_unmasked
 from .state import DecodeState
 from .verify import Proposal, Proposer, Round, Setup, process
 
@@ -39,30 +39,35 @@ class DraftProposer(Proposer):
         self.size, self.clamped = cache_size(self.model, setup.ids.shape[1], setup.max_new, self.most)
         self.cache = self.model.new_cache(setup.ids.shape[0], self.size)
         self.forward = self.model.forward_on(self.cache)  # its checks done once, not every draft step
+        self.unmasked = finished_rows_unmasked(self.model)
 
     def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int, bool]:
-        """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: all real), the
-        room left for guesses and whether every row runs. Rows that miss fewer than W tokens (one row took a whole draft and
-        its bonus, another did not) are rolled back to re-read their last ones, so every row feeds W
-        real tokens and the step needs no mask (the compiled step takes it): the draft only guesses,
-        so re-reading a token changes no output."""
+        """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: every running
+        row feeds W real tokens), the room left for guesses and whether every row runs. Running
+        rows that miss fewer than W tokens (one row took a whole draft and its bonus, another did not)
+        are rolled back to re-read their last ones, so the step needs no mask (the compiled step takes
+        it): the draft only guesses, so re-reading a token changes no output. Finished rows feed zeros
+        unmasked where the draft's cache rolls them back whole after the round (observe), else masked."""
         have = self.cache.lengths.long()
         kept = self.setup.lengths + state.emitted  # (B,) real tokens each row holds
         missing = torch.where(running, kept - have, 0)  # (B,)
-        probe = [missing.max(), torch.where(running, missing, -1).min(), running.all(), kept.min()]
+        most = self.size + 1  # above any count: rows that do not run drop out of the minima
+        probe = [missing.max(), torch.where(running, missing, most).min(), running.all(),
+                 torch.where(running, kept, most).min()]
         if self.clamped:
             probe.append(have.max())
         W, low, all_running, fewest, *longest = torch.stack([t.long() for t in probe]).tolist()
-        if all_running and low < W <= fewest:  # every row has W real tokens to feed
-            self.cache.truncate(W - missing)
-            missing, low = torch.full_like(missing, W), W
+        free = bool(all_running) or self.unmasked
+        if free and low < W <= fewest:  # every running row has W real tokens to feed
+            self.cache.truncate(torch.where(running, W - missing, 0))
+            missing, low = torch.where(running, W, 0), W
         room = self.size - longest[0] - W + 1 if self.clamped else self.most
         end = state.T + state.emitted  # (B,) column after each row's last kept token
         w = torch.arange(W, device=end.device)
         cols = (end[:, None] - W + w).clamp(min=0)
         real = (w >= W - missing[:, None]) & running[:, None]
         feed = state.sequences.gather(1, cols).masked_fill(~real, 0)
-        return feed, None if (low == W and all_running) else real, room, bool(all_running)
+        return feed, None if (free and low == W) else real, room, bool(all_running)
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
         if k == 0:
@@ -73,8 +78,9 @@ class DraftProposer(Proposer):
         steps = min(k, room)
         if steps < 1:
             return _empty(state)  # a clamped cache is full: the target decodes alone
-        self.before = self.cache.lengths.long() + (feed.shape[1] if mask is None else mask.sum(1))
-        mask_step = None if all_running else running[:, None]  # finished rows take no slots
+        self.start = self.cache.lengths.long()
+        self.before = self.start + (feed.shape[1] if mask is None else mask.sum(1))
+        mask_step = None if all_running or self.unmasked else running[:, None]  # masked: finished rows take no slots
         tokens, probs = [], []
         idle = None if all_running else ~running
         for j in range(steps):
@@ -110,7 +116,9 @@ class DraftProposer(Proposer):
             return  # the draft did not run this round
         # fed guesses that ended up in the sequence: the accepted ones, up to where the row stopped
         good = torch.minimum(rnd.accepted.clamp(max=self.fed), rnd.kept)
-        drop = torch.where(self.ran, self.cache.lengths.long() - (self.before + good), 0)
+        have = self.cache.lengths.long()
+        # rows that did not run drop whatever they wrote (nothing, where masked)
+        drop = torch.where(self.ran, have - (self.before + good), have - self.start)
         self.cache.truncate(drop.clamp(min=0))
 
 

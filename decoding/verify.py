@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import sampling
-from .capabilities import cache_size
+from .capabilities import cache_size, finished_rows_unmasked
 from .output import GenerationOutput
 from .processors import Context, Pipeline
 from .state import DecodeState
@@ -252,6 +252,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
 
     pending, pending_mask = ids, mask  # (B, P): kept tokens the target has not seen yet
     rows = torch.arange(B, device=device)
+    unmasked = finished_rows_unmasked(target)  # finished rows run on, unmasked, and are rolled back
     read_bounds = pipeline.eos_ids is not None  # min_new_tokens on: read the bounds on `emitted` each round
     while True:
         # one host sync per round: how many rows run, the fewest tokens any of them may still take
@@ -271,7 +272,7 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
         K = draft.shape[1]
         x = torch.cat([pending, draft], 1)
         x_mask = None
-        if pending_mask is not None or n_running < B:  # finished rows take no slots
+        if pending_mask is not None or (n_running < B and not unmasked):  # masked: finished rows take no slots
             x_mask = torch.ones_like(x, dtype=torch.bool) & running[:, None]
             if pending_mask is not None:
                 x_mask[:, :pending.shape[1]] &= pending_mask
@@ -285,7 +286,8 @@ def speculate(target, prompt, cfg, stop, proposer: Proposer, rule: Callable, sch
             state.count_acceptance(accepted, K)
         before = state.emitted.clone() if scores_out is not None else None
         kept = state.append(tokens, accepted + 1)
-        cache.truncate(torch.where(running, K + 1 - kept, 0))  # keep pending + kept[b] - 1 drafts
+        # running rows keep pending + kept[b] - 1 drafts; finished rows drop what they wrote unmasked
+        cache.truncate(torch.where(running, K + 1 - kept, 0 if x_mask is not None else x.shape[1]))
         if scores_out is not None:
             _store_scores(scores_out, scores, before, kept)
         rnd = Round(draft, scores, accepted, tokens, kept, running)

@@ -222,3 +222,32 @@ def test_native_draft_steps_need_no_mask_once_rows_are_ragged():
     assert all(m is None for m in masks[1:])  # no row finishes before the last round (eos off)
     accepted = out.stats.accept_rate_by_position
     assert 0 < accepted[0] < 1 and accepted[-1] < 1  # some rows rejected early, some took more: ragged
+
+
+@pytest.mark.parametrize("method", ["draft", "prompt_lookup"])
+def test_native_steps_stay_mask_free_when_rows_finish_at_different_rounds(method):
+    """Batch 4, native models, an eos that ends rows at different rounds: finished rows run on
+    unmasked and are rolled back whole, so every step after the left-padded prompt, target's and
+    draft's, takes no attention mask (the compiled step's shape) and the output stays HF's greedy."""
+    hf_target = tiny("llama")
+    target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", 0.05))
+    ids, mask = left_pad(ROWS)
+    eos = mid_eos(hf_greedy(hf_target, ids, mask, N, eos_token_id=None), ids.shape[1])
+    ref = hf_greedy(hf_target, ids, mask, N, eos_token_id=eos)
+    ended = (ref[:, ids.shape[1]:] == eos).any(1)
+    assert ended.any() and not ended.all(), "the eos must end some rows early, not all"
+    masks = {"target": [], "draft": []}
+    for name, m in (("target", target), ("draft", draft)):
+        def recording(input_ids, cache, _f=m.forward, _log=masks[name], **kw):
+            _log.append(kw.get("attention_mask"))
+            return _f(input_ids, cache, **kw)
+        m.forward = recording
+    kw = dict(assistant_model=draft, num_assistant_tokens=3) if method == "draft" else dict(prompt_lookup_num_tokens=3)
+    out = decoding.generate(target, ids, attention_mask=mask, max_new_tokens=N, eos_token_id=eos, **kw, **EXACT)
+    assert torch.equal(out.sequences, ref)
+    for name, log in masks.items():
+        if name == "draft" and method != "draft":
+            assert not log
+            continue
+        assert log[0] is not None and all(m is None for m in log[1:]), name
+    assert out.stats.target_forwards > 2
