@@ -150,7 +150,7 @@ def run(args, argv) -> dict:
                "parameters": native.num_parameters(), "results": results}
     cols = ["batch", "num_beams", "prompt_len", "new_tokens", "runs", "engine_tok_s", "hf_tok_s", "speedup",
             "cpu_time_speedup", "token_match"]
-    md = [f"# Beam search: engine (native model) vs HF `generate(num_beams=...)`, same weights\n",
+    md = ["# Beam search: engine (native model) vs HF `generate(num_beams=...)`, same weights\n",
           f"Machine: {info['device']}, {info.get('threads')} torch thread(s), torch {info['torch']}, "
           f"transformers {info['transformers']}, python {info['python']}; `python -m bench.beam "
           f"{' '.join(payload['argv'])}`.\n",

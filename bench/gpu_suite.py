@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import device_slug, machine, markdown_table, sync, timed, write_results
+from bench.common import device_slug, machine, markdown_table, timed, write_results
 from models import DecoderConfig, LlamaDecoder
 
 # A TinyLlama-1.1B-shaped config (random weights): what "a ~1B Llama" means here.

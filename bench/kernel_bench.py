@@ -14,8 +14,6 @@ baseline, not a drop-in (it cannot do per-row lengths). flash-attn runs with its
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import time
 import traceback
 from pathlib import Path

@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
     payload = {"machine": info, "argv": sys.argv[1:] if argv is None else list(argv), "memory_shapes": {k: {"shape": s, "yoco": y, "dtype": str(d)} for k, (s, y, d) in mem_shapes.items()},
                "latency_shape": {"shape": lat_shape, "yoco": lat_yoco, "parameters": sizes},
                "kv_bytes": memory, "prefill": prefill, "decode": decode}
-    md = [f"# YOCO vs decoder-only: KV memory, prefill, decode\n",
+    md = ["# YOCO vs decoder-only: KV memory, prefill, decode\n",
           f"Machine: {info['device']}, {info.get('threads')} torch threads, torch {info['torch']}, python {info['python']}; "
           f"`python -m bench.kv_memory {' '.join(payload['argv'])}`.\n"]
     for label, rows in memory.items():

@@ -93,7 +93,7 @@ def test_nbytes_formula(kv_heads, dtype):
 def test_nan_past_length_does_not_leak(model):
     cache = model.new_cache(1, 16)
     with torch.no_grad():
-        ref = model(torch.tensor([[1, 2, 3]]), cache)[:, -1]
+        model(torch.tensor([[1, 2, 3]]), cache)
         for buf in cache.k + cache.v:
             buf[:, :, 3:] = float("nan")
         out = model(torch.tensor([[4]]), cache)[:, -1]

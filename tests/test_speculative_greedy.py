@@ -242,8 +242,9 @@ def test_native_steps_stay_mask_free_when_rows_finish_at_different_rounds(method
             _log.append(kw.get("attention_mask"))
             return _f(input_ids, cache, **kw)
         m.forward = recording
-    kw = dict(assistant_model=draft, num_assistant_tokens=3) if method == "draft" else dict(prompt_lookup_num_tokens=3)
-    out = decoding.generate(target, ids, attention_mask=mask, max_new_tokens=N, eos_token_id=eos, **kw, **EXACT)
+    kw = dict(assistant_model=draft, num_assistant_tokens=3, **EXACT) if method == "draft" else \
+        dict(prompt_lookup_num_tokens=3)
+    out = decoding.generate(target, ids, attention_mask=mask, max_new_tokens=N, eos_token_id=eos, **kw)
     assert torch.equal(out.sequences, ref)
     for name, log in masks.items():
         if name == "draft" and method != "draft":
