@@ -41,46 +41,48 @@ class DraftProposer(Proposer):
         self.forward = self.model.forward_on(self.cache)  # its checks done once, not every draft step
         self.unmasked = finished_rows_unmasked(self.model)
 
-    def _unseen(self, state: DecodeState, running: Tensor) -> tuple[Tensor, Tensor | None, int, bool]:
+    def _unseen(self, state: DecodeState, running: Tensor, k: int) -> tuple[Tensor, Tensor | None, int, bool, bool]:
         """Kept tokens the draft has not read, right-aligned (B, W), their mask (None: every running
-        row feeds W real tokens), the room left for guesses and whether every row runs. Running
-        rows that miss fewer than W tokens (one row took a whole draft and its bonus, another did not)
-        are rolled back to re-read their last ones, so the step needs no mask (the compiled step takes
-        it): the draft only guesses, so re-reading a token changes no output. Finished rows feed zeros
-        unmasked where the draft's cache rolls them back whole after the round (observe), else masked."""
+        row feeds W real tokens), the room left for guesses, whether every row runs and whether the
+        steps run unmasked. Running rows that miss fewer than W tokens (one row took a whole draft and
+        its bonus, another did not) are rolled back to re-read their last ones, so the step needs no
+        mask (the compiled step takes it): the draft only guesses, so re-reading a token changes no
+        output. Finished rows feed zeros unmasked where the draft's cache rolls them back whole after
+        the round (observe) and has room for what they write until then (W + k - 1 tokens past their
+        length: a masked row rewrites the same scratch slots instead), else masked."""
         have = self.cache.lengths.long()
         kept = self.setup.lengths + state.emitted  # (B,) real tokens each row holds
         missing = torch.where(running, kept - have, 0)  # (B,)
         most = self.size + 1  # above any count: rows that do not run drop out of the minima
         probe = [missing.max(), torch.where(running, missing, most).min(), running.all(),
                  torch.where(running, kept, most).min()]
-        if self.clamped:
+        if self.clamped or self.unmasked:
             probe.append(have.max())
         W, low, all_running, fewest, *longest = torch.stack([t.long() for t in probe]).tolist()
-        free = bool(all_running) or self.unmasked
+        room = self.size - longest[0] - W + 1 if self.clamped else self.most
+        free = bool(all_running) or (self.unmasked and longest[0] + W + min(k, room) - 1 <= self.size)
         if free and low < W <= fewest:  # every running row has W real tokens to feed
             self.cache.truncate(torch.where(running, W - missing, 0))
             missing, low = torch.where(running, W, 0), W
-        room = self.size - longest[0] - W + 1 if self.clamped else self.most
         end = state.T + state.emitted  # (B,) column after each row's last kept token
         w = torch.arange(W, device=end.device)
         cols = (end[:, None] - W + w).clamp(min=0)
         real = (w >= W - missing[:, None]) & running[:, None]
         feed = state.sequences.gather(1, cols).masked_fill(~real, 0)
-        return feed, None if (free and low == W) else real, room, bool(all_running)
+        return feed, None if (free and low == W) else real, room, bool(all_running), free
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
         if k == 0:
             return _empty(state)  # the draft lags; it catches up next time
         s = self.setup
         running = ~state.finished
-        feed, mask, room, all_running = self._unseen(state, running)
+        feed, mask, room, all_running, free = self._unseen(state, running, k)
         steps = min(k, room)
         if steps < 1:
             return _empty(state)  # a clamped cache is full: the target decodes alone
-        self.start = self.cache.lengths.long()
-        self.before = self.start + (feed.shape[1] if mask is None else mask.sum(1))
-        mask_step = None if all_running or self.unmasked else running[:, None]  # masked: finished rows take no slots
+        self.held = self.cache.lengths.long()  # (B,) what the draft's cache holds before this round's feed
+        self.before = self.held + (feed.shape[1] if mask is None else mask.sum(1))
+        mask_step = None if free else running[:, None]  # masked: finished rows take no slots
         tokens, probs = [], []
         idle = None if all_running else ~running
         for j in range(steps):
@@ -118,7 +120,7 @@ class DraftProposer(Proposer):
         good = torch.minimum(rnd.accepted.clamp(max=self.fed), rnd.kept)
         have = self.cache.lengths.long()
         # rows that did not run drop whatever they wrote (nothing, where masked)
-        drop = torch.where(self.ran, have - (self.before + good), have - self.start)
+        drop = torch.where(self.ran, have - (self.before + good), have - self.held)
         self.cache.truncate(drop.clamp(min=0))
 
 

@@ -252,3 +252,46 @@ def test_native_steps_stay_mask_free_when_rows_finish_at_different_rounds(method
             continue
         assert log[0] is not None and all(m is None for m in log[1:]), name
     assert out.stats.target_forwards > 2
+
+
+def _successor_model(succ: list[int], dim: int):
+    """A native Llama whose greedy next token is succ[token]: attention and MLP add nothing (zero
+    weights), the embedding is one-hot and the LM head a lookup table."""
+    from models import DecoderConfig, LlamaDecoder
+    m = LlamaDecoder(DecoderConfig(vocab_size=len(succ), dim=dim, n_layers=1, n_heads=4, n_kv_heads=1,
+                                   max_seq_len=512)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.embed.weight.copy_(torch.eye(len(succ), dim))
+        for norm in (m.norm, m.layers[0].attn_norm, m.layers[0].mlp_norm):
+            norm.weight.fill_(1.0)
+        head = torch.zeros(len(succ), dim)
+        head[succ, torch.arange(len(succ))] = 10.0  # logit of succ[i] from the one-hot of i
+        m.lm_head.weight.copy_(head)
+    return m
+
+
+def test_finished_rows_fit_the_draft_cache_while_others_lag():
+    """Rows reach max_new_tokens in successive rounds in which the draft cannot run, the longest prompt's
+    row first; then a lagging row drafts k tokens again. Finished rows fed unmasked would write W + k - 1
+    tokens past their length and overflow the draft's cache: such a round masks them. Token-identical
+    to greedy (chains of successors: the target's exact, the draft's wrong at a few places per row)."""
+    M, k, L = 20, 4, 22
+    wrong = [set(), {18}, {13, 17}, {12, 16}, {11, 15}, {0, 1, 2}]
+    V = 2 + len(wrong) * L
+    target_succ, draft_succ, rows = [1] * V, [1] * V, []
+    for r, bad in enumerate(wrong):
+        base = 2 + r * L
+        for i in range(L - 1):
+            target_succ[base + i] = base + i + 1
+            draft_succ[base + i] = 1 if i in bad else base + i + 1
+        rows.append([1, 1, base] if r == 0 else [base])  # row 0: the longest prompt
+    dim = V + (-V) % 4
+    target, draft = _successor_model(target_succ, dim), _successor_model(draft_succ, dim)
+    greedy = decoding.generate(target, rows, max_new_tokens=M, eos_token_id=None, pad_token_id=0).sequences
+    assert greedy[:, 3:].tolist() == [list(range(r[-1] + 1, r[-1] + 1 + M)) for r in rows]
+    out = decoding.generate(target, rows, max_new_tokens=M, eos_token_id=None, pad_token_id=0,
+                            assistant_model=draft, num_assistant_tokens=k, **EXACT)
+    assert torch.equal(out.sequences, greedy)
+    assert out.stats.tau > 1
