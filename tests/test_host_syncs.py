@@ -80,6 +80,9 @@ CASES = {
     # verify loop: the probe (running rows, tokens left) + all_finished; the draft: what it has not seen
     "speculative": (dict(assistant_model="draft", num_assistant_tokens=3, assistant_confidence_threshold=0),
                     3, 1 + 1),  # the target's truncate, the draft's
+    # rows that accepted different counts: the draft's re-read rollback adds its truncate (docs/DESIGN.md 6)
+    "speculative_ragged": (dict(assistant_model="noisy", num_assistant_tokens=3, assistant_confidence_threshold=0),
+                           3, 1 + 1 + 1),
     # + the n-gram search: text length, guess length, all rows valid
     "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 1),
     "jacobi": (dict(strategy="jacobi", block_size=3), 2, 1),
@@ -96,6 +99,12 @@ def test_host_reads_per_round(name):
     kw = dict(kw)
     if kw.get("assistant_model") == "draft":
         kw["assistant_model"] = model(seed=1, dim=16)
+    elif kw.get("assistant_model") == "noisy":  # the target plus noise: rows accept some guesses, not all
+        draft = model()
+        with torch.no_grad():
+            for p in draft.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        kw["assistant_model"] = draft
     if name == "blockwise":
         kw["heads"] = BlockwiseHeads(32, 3, config=HeadsConfig.for_target(target, 3))
     assert per_round(target, **kw) == (in_decoding, in_models)
