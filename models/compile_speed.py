@@ -20,7 +20,7 @@ builds: the same C++ source, compiled with the same commands, so the same librar
     of runs in the kernels' code generation; tqdm takes a process-wide lock for each);
   - the wrapper's and the kernels' object files compile at the same time (inductor builds one
     after the other; the shipped target's ~3.5 s of kernels, 5.6 s with two threads, run beside the
-    wrapper's ~4 s);
+    wrapper's ~4 s), the kernels' as two units at once (models/kernel_units.py);
   - given a directory, the wrapper compiles without the runtime interface, whose object is
     compiled once into that directory (models/aoti_interface.py; `headers_warming` compiles it
     beside the headers where it is missing).
@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from unittest import mock
 
-from . import aoti_interface
+from . import aoti_interface, kernel_units
 
 
 def warm_system_key() -> None:
@@ -202,8 +202,9 @@ def _no_progress_bars():
 @contextlib.contextmanager
 def _parallel_objects(interface_dir: Path | None = None):
     """AotCodeCompiler.compile runs `wrapper_builder.build()` then `kernel_builder.build()`, two
-    independent g++ -c runs; the wrapper's starts in a thread and the kernels' build joins it. Any
-    other build (the link, the weights' object) joins it before it starts."""
+    independent g++ -c runs; the wrapper's starts in a thread and the kernels' build (two units at
+    once, models/kernel_units.py) joins it. Any other build (the link, the weights' object) joins it
+    before it starts."""
     from torch._inductor.cpp_builder import CppBuilder
     original = CppBuilder.__dict__["build"]
     owner = threading.get_ident()
@@ -237,7 +238,8 @@ def _parallel_objects(interface_dir: Path | None = None):
             return None
         if target.endswith(".kernel.o") and pending:
             try:
-                return original(self)
+                kernel_units.build_kernels(self, original)
+                return None
             finally:
                 join()
         join()

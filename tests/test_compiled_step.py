@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import models.compiled_cpu as cc
-from models import DecoderConfig, LlamaDecoder, aoti_interface
+from models import DecoderConfig, LlamaDecoder, aoti_interface, kernel_units
 from models.attention import AttentionBatch, fused_attention
 from models.compiled import GraphedStep, static_forward
 from models.yoco import YOCOConfig, YOCODecoder
@@ -137,6 +137,8 @@ def library(tmp_path_factory):
                 mp.setenv(cc.CACHE_ENV, str(d))
                 split, whole_build = [], aoti_interface.build_wrapper  # how each wrapper object was built
                 mp.setattr(aoti_interface, "build_wrapper", lambda *a: split.append(whole_build(*a)) or split[-1])
+                units, whole_kernels = [], kernel_units.build_kernels  # and each kernels' object
+                mp.setattr(kernel_units, "build_kernels", lambda *a: units.append(whole_kernels(*a)) or units[-1])
                 model = build(name)
                 model.compile_frozen = frozen
                 model.compile_step = True
@@ -148,6 +150,7 @@ def library(tmp_path_factory):
                 if compiled is None or compiled.run is None or (compiled.blocking and compiled.wide is None):
                     pytest.fail("the compiled CPU step did not build on this machine (see the warning)")
                 assert split and all(split), "a wrapper compiled whole, not as its code + the runtime interface"
+                assert units and all(units), "a kernels' object compiled whole, not as two units"
                 # one interface object: the one compiled beside the headers served every build
                 assert len(list((d / "aoti_interface").glob("interface-*.o"))) == 1
             built[name, frozen] = d
