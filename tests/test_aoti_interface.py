@@ -9,6 +9,7 @@ step in tests/test_compiled_step.py, whose fixture also asserts they were built 
 import subprocess
 
 import pytest
+from cpp_builder import Builder, whole
 
 from models import aoti_interface
 
@@ -43,24 +44,6 @@ int model_value(int x) { return SCALE * x; }
 """
 
 
-class Builder:
-    """What build_wrapper reads of inductor's CppBuilder."""
-
-    def __init__(self, directory, name):
-        self.dir, self.source, self.target = directory, directory / f"{name}.wrapper.cpp", directory / f"{name}.wrapper.o"
-
-    def get_target_file_path(self):
-        return str(self.target)
-
-    def get_command_line(self):
-        return f"g++ {self.source} -O1 -fPIC -I{self.dir} -c -o {self.target}"
-
-
-def whole(builder):
-    subprocess.run(builder.get_command_line().split(), check=True)
-    whole.calls += 1
-
-
 def run(obj, x):
     """interface_entry(x) three times, in a program of its own (a function-local static is one
     object per process, whichever library holds it)."""
@@ -73,7 +56,7 @@ def run(obj, x):
 
 
 def wrapper(directory, name, model):
-    b = Builder(directory, name)
+    b = Builder(directory, name, "wrapper", f"-I{directory}")
     b.source.write_text(f'\n#include "helper.h"\n{INTERFACE}{model}')
     return b
 
@@ -128,7 +111,7 @@ def test_a_model_unit_that_needs_the_interface_builds_whole(sources):
 
 
 def test_a_source_not_laid_out_so_builds_whole(sources):
-    b = Builder(sources, "n")
+    b = Builder(sources, "n", "wrapper", f"-I{sources}")
     b.source.write_text(f'#include "helper.h"\nint x = 1;\n{INTERFACE}{MODEL}')  # code before the interface
     assert not aoti_interface.build_wrapper(b, whole, sources / "objects")
     assert whole.calls == 1 and run(b.target, 1)[0] == 3 * (1 + 100 + 10 + 2) + 3

@@ -3,6 +3,7 @@ source gives; a source that does not split, or a unit that does not compile alon
 import subprocess
 
 import pytest
+from cpp_builder import Builder, whole
 
 from models import kernel_units
 
@@ -18,24 +19,6 @@ KERNELS = [
 ]
 MAIN = ('#include <cstdio>\nextern "C" int k0(int); extern "C" int k1(int); extern "C" int k2(int);\n'
         'int main() { for (int x = 1; x < 4; ++x) { int a = k0(x), b = k1(x), c = k2(x); printf("%d %d %d ", a, b, c); } }\n')
-
-
-class Builder:
-    """What build_kernels reads of inductor's CppBuilder."""
-
-    def __init__(self, directory, name):
-        self.dir, self.source, self.target = directory, directory / f"{name}.kernel.cpp", directory / f"{name}.kernel.o"
-
-    def get_target_file_path(self):
-        return str(self.target)
-
-    def get_command_line(self):
-        return f"g++ {self.source} -O1 -fPIC -I{self.dir / 'include'} -c -o {self.target}"
-
-
-def whole(builder):
-    subprocess.run(builder.get_command_line().split(), check=True)
-    whole.calls += 1
 
 
 def run(obj):
@@ -57,7 +40,7 @@ def sources(tmp_path, monkeypatch):
 
 
 def kernels(directory, name, chunks):
-    b = Builder(directory, name)
+    b = Builder(directory, name, "kernel", f"-I{directory / 'include'}")
     b.source.write_text(HEAD + "".join(CHUNK + c for c in chunks))
     return b
 
