@@ -53,9 +53,9 @@ class DraftProposer(Proposer):
         have = self.cache.lengths.long()
         kept = self.setup.lengths + state.emitted  # (B,) real tokens each row holds
         missing = torch.where(running, kept - have, 0)  # (B,)
-        most = self.size + 1  # above any count: rows that do not run drop out of the minima
-        probe = [missing.max(), torch.where(running, missing, most).min(), running.all(),
-                 torch.where(running, kept, most).min()]
+        beyond = self.size + 1  # above any count: rows that do not run drop out of the minima
+        probe = [missing.max(), torch.where(running, missing, beyond).min(), running.all(),
+                 torch.where(running, kept, beyond).min()]
         if self.clamped or self.unmasked:
             probe.append(have.max())
         W, low, all_running, fewest, *longest = torch.stack([t.long() for t in probe]).tolist()
