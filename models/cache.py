@@ -157,12 +157,21 @@ class StaticCache:
         if bad:
             raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
                              f"{self.lengths.tolist()}, n {n.tolist()}")
-        self._lengths.copy_(left)
-        self.longest, self.exact = top, True
+        self.set_lengths(left, top)
+
+    def set_lengths(self, lengths: Tensor, longest: int) -> None:
+        """A truncate's end, its checks done by the caller: the new lengths (B,), at most the old ones,
+        and their maximum, read back in the caller's check."""
+        self._lengths.copy_(lengths)
+        self.longest, self.exact = longest, True
 
     def _check_index(self, index: Tensor, name: str) -> Tensor:
         index = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
-        if index.dim() != 1 or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size)):
+        bad = index.dim() != 1
+        if not bad and index.numel():
+            low, high = torch.stack([index.min(), index.max()]).tolist()  # one read-back for both bounds
+            bad = low < 0 or high >= self.batch_size
+        if bad:
             raise IndexError(f"{name}: index must be 1-D with values in [0, {self.batch_size}), "
                              f"got {index.tolist()}")
         return index

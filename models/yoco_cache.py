@@ -117,18 +117,23 @@ class YOCOCache:
 
     # -- operations of the cache protocol ----------------------------------------------------
     def truncate(self, n) -> None:
+        """Drop the last n tokens (per row if a tensor), no row below its high-water length minus
+        max_rollback (the rings' slack). One read-back for both checks and the new longest length."""
         n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
-        if bool((n < 0).any()) or bool((n > self.lengths).any()):
+        left = self.lengths - n
+        floor = (self.high - self.max_rollback).clamp(min=0)
+        bad, deep, top = torch.stack([((n < 0) | (left < 0)).any().int(), (left < floor).any().int(),
+                                      left.max()]).tolist()
+        if bad:
             raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
                              f"{self.lengths.tolist()}, n {n.tolist()}")
-        floor = (self.high - self.max_rollback).clamp(min=0)
-        if bool((self.lengths - n < floor).any()):
+        if deep:
             raise ValueError(
                 f"truncate(n): YOCO's sliding-window state keeps max_rollback={self.max_rollback} positions "
                 f"of slack, so each row can go back at most to its high-water length - {self.max_rollback} "
                 f"(rows may drop at most {(self.lengths - floor).tolist()}, asked {n.tolist()}); "
                 f"build the model with a larger max_rollback")
-        self.kv.truncate(n)
+        self.kv.set_lengths(left, top)
 
     def reorder(self, index: Tensor) -> None:
         self.kv.reorder(index)  # validates index

@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 import decoding
 from models import DecoderConfig, LlamaDecoder
+from models.yoco import YOCOConfig, YOCODecoder
 from models.heads import BlockwiseHeads, HeadsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,12 @@ def model(seed=0, dim=32):
                                       max_seq_len=128, pad_token_id=0)).eval()
 
 
+def yoco(seed=0):
+    torch.manual_seed(seed)
+    return YOCODecoder(YOCOConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, window=4,
+                                  max_rollback=8, max_seq_len=128, pad_token_id=0)).eval()
+
+
 def per_round(target, **kw) -> tuple[int, int]:
     """(decoding, models): the most host reads any steady-state round took (the rounds after the
     prefill and before the last), one layer at a time."""
@@ -72,11 +79,12 @@ def per_round(target, **kw) -> tuple[int, int]:
 # strategy -> (arguments, host reads per round in decoding/, in models/). The models' side of a
 # native Llama on CPU: none per forward (the embedding lookup is the ids' range check, the cache
 # keeps a host-side bound on its longest row), 1 per truncate (its bounds check, which also reads
-# the new longest length back: the bound stays exact), 2 per beam reorder (the index check).
+# the new longest length back: the bound stays exact), 1 per beam reorder (the index check). YOCO's
+# truncate reads its range check, its floor check (max_rollback) and the new longest length at once.
 CASES = {
     "greedy": (dict(), 1, 0),  # all_finished
     "sampling": (dict(do_sample=True, top_k=10, seed=0), 1, 0),
-    "beam": (dict(num_beams=3), 1, 2),  # the rows-done test
+    "beam": (dict(num_beams=3), 1, 1),  # the rows-done test
     # verify loop: the probe (running rows, tokens left) + all_finished; the draft: what it has not seen
     "speculative": (dict(assistant_model="draft", num_assistant_tokens=3, assistant_confidence_threshold=0),
                     3, 1 + 1),  # the target's truncate, the draft's
@@ -89,14 +97,18 @@ CASES = {
     "gs_jacobi": (dict(strategy="gs_jacobi", block_size=3), 4, 1),  # + the block's rest, all rows valid
     "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2, 1),
     "blockwise": (dict(strategy="blockwise", block_size=3), 2, 1),
+    # a YOCO target (its ring of recent keys: finished rows masked, a floor on rollback)
+    "speculative_yoco": (dict(target="yoco", assistant_model="draft", num_assistant_tokens=3,
+                              assistant_confidence_threshold=0), 3, 1 + 1),
+    "jacobi_yoco": (dict(target="yoco", strategy="jacobi", block_size=3), 2, 1),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_host_reads_per_round(name):
     kw, in_decoding, in_models = CASES[name]
-    target = model()
     kw = dict(kw)
+    target = yoco() if kw.pop("target", None) == "yoco" else model()
     if kw.get("assistant_model") == "draft":
         kw["assistant_model"] = model(seed=1, dim=16)
     elif kw.get("assistant_model") == "noisy":  # the target plus noise: rows accept some guesses, not all

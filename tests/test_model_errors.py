@@ -57,6 +57,8 @@ def test_bad_cache_indices(model):
     cache = model.new_cache(2, 4)
     with pytest.raises(IndexError, match="index"):
         cache.reorder(torch.tensor([0, 2]))
+    with pytest.raises(IndexError, match="index"):  # the low bound, read back with the high one
+        cache.reorder(torch.tensor([-1, 0]))
     with pytest.raises(ValueError, match="select"):
         cache.reorder(torch.tensor([0]))
     with pytest.raises(ValueError, match="repeat"):

@@ -114,6 +114,8 @@ def test_rollback_per_row_then_redecode_equals_never_decoded(model):
         cache.truncate(torch.tensor([0, 3], dtype=torch.int32))  # row 1: high 14, would go to 9
     with pytest.raises(ValueError, match="max_rollback"):
         cache.truncate(4)
+    with pytest.raises(ValueError, match=r"must lie in \[0, length\]"):  # out of range: that error first
+        cache.truncate(torch.tensor([0, 99], dtype=torch.int32))
     assert torch.equal(cache.lengths, before)  # refused before any change
 
 
