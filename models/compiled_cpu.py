@@ -309,7 +309,7 @@ class CompiledStep:
         weight_bytes = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
         # the C++ headers build on the second core while export and inductor trace on the first
         interface_dir = cache_dir() / "aoti_interface"  # the runtime interface's object, shared by every library
-        with torch.no_grad(), warnings.catch_warnings(), \
+        with torch.no_grad(), warnings.catch_warnings(), compile_speed.no_stack_traces(), \
                 compile_speed.headers_warming(build_configs, weight_bytes, interface_dir):
             # torch's own notices from inside export/inductor: not the user's to act on
             warnings.simplefilter("ignore", FutureWarning)

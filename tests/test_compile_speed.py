@@ -130,6 +130,8 @@ def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
     def out_shape():
         return tuple(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["val"].shape)
     with compile_speed.faster_codegen():
+        fp.fake_tensor_prop(gm, [x], True)  # the opening call on this graph: left to the next
+        assert not calls
         fp.fake_tensor_prop(gm, [x], True)
         fp.fake_tensor_prop(gm, [x], True)  # nothing changed: skipped
         assert len(calls) == 1 and out_shape() == (2, 4)
@@ -144,6 +146,42 @@ def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
         fp.fake_tensor_prop(gm, [x], True)
         assert len(calls) == 3 and "val" in relu.meta
     assert fp.fake_tensor_prop is counted
+
+
+def test_the_opening_propagation_is_deferred_only_where_a_folding_alone_precedes_the_next():
+    from torch._inductor.fx_passes import freezing_patterns as fp
+    assert compile_speed._opening_prop_deferrable(fp.freezing_passes)  # this torch's order
+    fake_tensor_prop = constant_fold = binary_folding_pass = None  # read as source only, never run
+
+    def reads_values(gm, inputs):
+        fake_tensor_prop(gm, inputs, True)
+        binary_folding_pass.apply(gm.graph)  # a pass that matches on the values: not deferrable
+        fake_tensor_prop(gm, inputs, True)
+
+    def folds(gm, inputs):
+        fake_tensor_prop(gm, inputs, True)  # a comment() is not a call
+        for _ in range(4):
+            constant_fold(gm)
+            fake_tensor_prop(gm, inputs, True)
+    assert not compile_speed._opening_prop_deferrable(reads_values)
+    assert compile_speed._opening_prop_deferrable(folds)
+    assert not compile_speed._opening_prop_deferrable(len)  # no source: as inductor does
+
+
+def test_export_records_no_stack_traces_inside_only():
+    from torch.fx import config
+
+    class Add(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+    x = torch.randn(2)
+    with compile_speed.no_stack_traces():
+        inside = torch.export.export(Add(), (x,))
+    outside = torch.export.export(Add(), (x,))
+    assert not any(n.meta.get("stack_trace") for n in inside.graph.nodes)
+    assert any(n.meta.get("stack_trace") for n in outside.graph.nodes)
+    assert config.do_not_emit_stack_traces is False
+    assert torch.equal(inside.module()(x), outside.module()(x))
 
 
 def test_the_system_key_and_the_headers_warm_in_threads_of_their_own(monkeypatch):
