@@ -16,7 +16,8 @@ builds: the same C++ source, compiled with the same commands, so the same librar
   - the freezing passes' fake-tensor propagation is skipped where the graph is as the previous
     one left it (it runs after every constant folding; the last folding usually finds nothing:
     one full propagation of the graph's symbolic shapes, ~1 s, for nothing), and their opening one
-    is left to the propagation after the first folding, which always follows it (~0.7 s);
+    is left to the propagation after the first folding, which always follows it, where what runs
+    between reads no value it sets (~0.7 s);
   - torch.fx's Interpreter makes no progress bar (it makes a disabled tqdm at every run, thousands
     of runs in the kernels' code generation; tqdm takes a process-wide lock for each);
   - the wrapper's and the kernels' object files compile at the same time (inductor builds one
@@ -32,10 +33,11 @@ Each step checks that the torch internal it relies on is there, else leaves indu
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import inspect
-import re
+import textwrap
 import threading
 from pathlib import Path
 from unittest import mock
@@ -167,33 +169,62 @@ def _graph_state(gm) -> list:
     return state
 
 
-# what freezing_passes may call between its opening propagation and the next one (constant folding
-# evaluates real tensors and reads only the values of call_function nodes, which aot's trace set)
+# what freezing_passes may call between its opening propagation and the next one: constant folding
+# (it evaluates real tensors; of the fake values it reads only call_function nodes', which aot's trace
+# set) and the mixed-dtype marking (it reads the values of mm/addmm/convolution nodes, and, where
+# one is float16/bfloat16, of its users, the output node among them: `_values_suffice` checks)
 _BEFORE_NEXT_PROP = {"fake_tensor_prop", "range", "constant_fold", "mark_mixed_dtype_allowed_computation_ops"}
+_LEAVES = (ast.Return, ast.Raise, ast.Break, ast.Continue, ast.If, ast.While, ast.Try, ast.With, ast.Subscript)
+
+
+def _call_name(call: ast.Call) -> str | None:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
 
 
 def _opening_prop_deferrable(freezing_passes) -> bool:
-    """Does freezing_passes' first fake_tensor_prop call reach a second one through calls of
-    _BEFORE_NEXT_PROP only (its source read: the order of torch 2.13's)?"""
+    """Does freezing_passes' first fake_tensor_prop call always reach a second one through calls of
+    _BEFORE_NEXT_PROP only (its source parsed: the order of torch 2.13's)? Between them: no branch,
+    exit or subscript, and a loop only over range(n > 0)."""
     try:
-        source = inspect.getsource(freezing_passes)
-    except (OSError, TypeError):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(freezing_passes)))
+    except (OSError, TypeError, SyntaxError):
         return False
-    source = re.sub(r"#.*", "", source)
-    first = source.find("fake_tensor_prop(")
-    second = source.find("fake_tensor_prop(", first + 1)
-    if first < 0 or second < 0:
+    nodes = sorted((n for n in ast.walk(tree) if hasattr(n, "lineno")), key=lambda n: (n.lineno, n.col_offset))
+    props = [i for i, n in enumerate(nodes) if isinstance(n, ast.Call) and _call_name(n) == "fake_tensor_prop"]
+    if len(props) < 2:
         return False
-    between = re.findall(r"([A-Za-z_][\w.]*)\s*\(", source[first:second])
-    return all(name.rsplit(".", 1)[-1] in _BEFORE_NEXT_PROP for name in between)
+    for n in nodes[props[0] + 1:props[1]]:
+        if isinstance(n, _LEAVES):
+            return False
+        if isinstance(n, ast.Call):
+            if _call_name(n) not in _BEFORE_NEXT_PROP:
+                return False
+            if _call_name(n) == "range" and not (len(n.args) == 1 and isinstance(n.args[0], ast.Constant)
+                                                 and isinstance(n.args[0].value, int) and n.args[0].value > 0):
+                return False
+    return True
+
+
+def _values_suffice(gm) -> bool:
+    """Can the mixed-dtype marking run on the values aot's trace left (no float16/bfloat16 mm,
+    addmm or convolution, whose users it would read), and have they been set?"""
+    import torch
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target) in ("aten.mm.default", "aten.addmm.default",
+                                                          "aten.convolution.default"):
+            val = n.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.dtype in (torch.float16, torch.bfloat16):
+                return False
+    return True
 
 
 def _no_repeated_fake_prop():
     """freezing_passes calls fake_tensor_prop(gm, ...) at its start and after each constant folding,
     to refresh the nodes' fake values. Where the graph and its attributes are as the previous call
     on the same graph left them, that call would recompute the values they hold: skipped. Its
-    opening call (the first on a graph) is deferred to the next, which always follows it after a
-    constant folding that needs no value the opening call sets (`_opening_prop_deferrable`)."""
+    opening call (the first on a graph) is left to the next, which always follows it, where what
+    runs between needs no value the opening call sets (`_opening_prop_deferrable`, `_values_suffice`)."""
     from torch._inductor.fx_passes import freezing_patterns as fp
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._guards import detect_fake_mode
@@ -202,15 +233,16 @@ def _no_repeated_fake_prop():
     last: dict = {}
 
     def prop(gm, example_inputs, force_allow_non_fake_inputs=False):
-        if defer and last.get("gm") is not gm:  # the opening call on this graph: the next one runs
+        if last.get("gm") is not gm:  # the opening call on this graph
             last.clear()
             last["gm"] = gm
-            return detect_fake_mode(example_inputs) or FakeTensorMode(allow_non_fake_inputs=True)
+            if defer and _values_suffice(gm):  # the next call runs in full
+                return detect_fake_mode(example_inputs) or FakeTensorMode(allow_non_fake_inputs=True)
         state = _graph_state(gm)
-        if last.get("gm") is gm and last.get("state") == state:
+        if last.get("state") == state:
             return last["mode"]
         mode = original(gm, example_inputs, force_allow_non_fake_inputs)
-        last.update(gm=gm, state=_graph_state(gm), mode=mode)
+        last.update(state=_graph_state(gm), mode=mode)
         return mode
     return mock.patch.object(fp, "fake_tensor_prop", prop)
 

@@ -163,9 +163,42 @@ def test_the_opening_propagation_is_deferred_only_where_a_folding_alone_precedes
         for _ in range(4):
             constant_fold(gm)
             fake_tensor_prop(gm, inputs, True)
-    assert not compile_speed._opening_prop_deferrable(reads_values)
+    def may_leave(gm, inputs, cfg):
+        fake_tensor_prop(gm, inputs, True)
+        if not cfg:  # the next call may never come
+            return
+        fake_tensor_prop(gm, inputs, True)
+
+    def may_not_loop(gm, inputs, cfg):
+        """fake_tensor_prop( in a docstring is no call"""
+        fake_tensor_prop(gm, inputs, True)
+        for _ in range(cfg.rounds):  # possibly zero rounds
+            fake_tensor_prop(gm, inputs, True)
+
+    def indexed(gm, inputs, passes):
+        fake_tensor_prop(gm, inputs, True)
+        passes[0](gm.graph)
+        fake_tensor_prop(gm, inputs, True)
     assert compile_speed._opening_prop_deferrable(folds)
+    for body in (reads_values, may_leave, may_not_loop, indexed):
+        assert not compile_speed._opening_prop_deferrable(body), body.__name__
     assert not compile_speed._opening_prop_deferrable(len)  # no source: as inductor does
+
+
+def test_a_half_precision_matmul_keeps_the_opening_propagation():
+    """The mixed-dtype marking reads the values of a float16/bfloat16 matmul's users (the output
+    node, which aot's trace leaves without one): that graph's opening propagation runs."""
+    import torch._inductor.config as inductor_config
+    linear = torch.nn.Linear(8, 8).to(torch.bfloat16).eval()
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), inductor_config.patch(freezing=True), compile_speed.faster_codegen():
+            out = torch.compile(linear)(x)
+        with torch.no_grad():
+            assert torch.allclose(out.float(), linear(x).float(), atol=2e-2)
+    finally:
+        torch._dynamo.reset()
 
 
 def test_export_records_no_stack_traces_inside_only():
