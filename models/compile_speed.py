@@ -174,7 +174,9 @@ def _graph_state(gm) -> list:
 # set) and the mixed-dtype marking (it reads the values of mm/addmm/convolution nodes, and, where
 # one is float16/bfloat16, of its users, the output node among them: `_values_suffice` checks)
 _BEFORE_NEXT_PROP = {"fake_tensor_prop", "range", "constant_fold", "mark_mixed_dtype_allowed_computation_ops"}
-_LEAVES = (ast.Return, ast.Raise, ast.Break, ast.Continue, ast.If, ast.While, ast.Try, ast.With, ast.Subscript)
+# the only syntax allowed between the two calls: statements of calls, names, constants, keywords,
+# and a for loop over range(n > 0) (anything else may branch, exit or read a value)
+_PLAIN = (ast.Expr, ast.Call, ast.Name, ast.Attribute, ast.Constant, ast.keyword, ast.For)
 
 
 def _call_name(call: ast.Call) -> str | None:
@@ -184,8 +186,8 @@ def _call_name(call: ast.Call) -> str | None:
 
 def _opening_prop_deferrable(freezing_passes) -> bool:
     """Does freezing_passes' first fake_tensor_prop call always reach a second one through calls of
-    _BEFORE_NEXT_PROP only (its source parsed: the order of torch 2.13's)? Between them: no branch,
-    exit or subscript, and a loop only over range(n > 0)."""
+    _BEFORE_NEXT_PROP only (its source parsed: the order of torch 2.13's)? Between them only the
+    syntax of _PLAIN: no branch, exit, subscript or expression that could skip the second call."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(freezing_passes)))
     except (OSError, TypeError, SyntaxError):
@@ -195,15 +197,19 @@ def _opening_prop_deferrable(freezing_passes) -> bool:
     if len(props) < 2:
         return False
     for n in nodes[props[0] + 1:props[1]]:
-        if isinstance(n, _LEAVES):
+        if not isinstance(n, _PLAIN):
             return False
-        if isinstance(n, ast.Call):
-            if _call_name(n) not in _BEFORE_NEXT_PROP:
-                return False
-            if _call_name(n) == "range" and not (len(n.args) == 1 and isinstance(n.args[0], ast.Constant)
-                                                 and isinstance(n.args[0].value, int) and n.args[0].value > 0):
-                return False
+        if isinstance(n, ast.Call) and _call_name(n) not in _BEFORE_NEXT_PROP:
+            return False
+        if isinstance(n, ast.For) and not _positive_range(n.iter):
+            return False
     return True
+
+
+def _positive_range(node) -> bool:
+    """range(n) of a constant n > 0: a loop that runs."""
+    return isinstance(node, ast.Call) and _call_name(node) == "range" and len(node.args) == 1 and \
+        isinstance(node.args[0], ast.Constant) and type(node.args[0].value) is int and node.args[0].value > 0
 
 
 def _values_suffice(gm) -> bool:

@@ -179,10 +179,41 @@ def test_the_opening_propagation_is_deferred_only_where_a_folding_alone_precedes
         fake_tensor_prop(gm, inputs, True)
         passes[0](gm.graph)
         fake_tensor_prop(gm, inputs, True)
+
+    def loops_over_a_name(gm, inputs, cfg):
+        fake_tensor_prop(gm, inputs, True)
+        for _ in cfg.rounds:
+            fake_tensor_prop(gm, inputs, True)
+
+    def chooses(gm, inputs, cfg):
+        fake_tensor_prop(gm, inputs, True)
+        constant_fold(gm) if cfg else None
+        fake_tensor_prop(gm, inputs, True)
+
+    def asserts(gm, inputs, cfg):
+        fake_tensor_prop(gm, inputs, True)
+        assert cfg
+        fake_tensor_prop(gm, inputs, True)
     assert compile_speed._opening_prop_deferrable(folds)
-    for body in (reads_values, may_leave, may_not_loop, indexed):
+    for body in (reads_values, may_leave, may_not_loop, indexed, loops_over_a_name, chooses, asserts):
         assert not compile_speed._opening_prop_deferrable(body), body.__name__
     assert not compile_speed._opening_prop_deferrable(len)  # no source: as inductor does
+
+
+def test_the_values_suffice_for_float32_matmuls_only():
+    """What aot's trace leaves for freezing: float32 matmuls take the deferral (the native models'
+    builds), float16/bfloat16 ones keep the opening propagation."""
+    from torch._functorch.aot_autograd import aot_export_module
+
+    class Linear(torch.nn.Linear):
+        def forward(self, x):
+            return (super().forward(x),)  # aot_export_module takes tuple outputs
+    for dtype, deferred in ((torch.float32, True), (torch.bfloat16, False), (torch.float16, False)):
+        linear = Linear(8, 8).to(dtype).eval()
+        with torch.no_grad():
+            gm, _ = aot_export_module(linear, [torch.randn(4, 8, dtype=dtype)], trace_joint=False)
+        assert any(str(n.target) in ("aten.mm.default", "aten.addmm.default") for n in gm.graph.nodes)
+        assert compile_speed._values_suffice(gm) is deferred, dtype
 
 
 def test_a_half_precision_matmul_keeps_the_opening_propagation():
