@@ -151,17 +151,27 @@ class StaticCache:
         """Drop the last n tokens (per row if a tensor). The bounds check's one read-back also brings
         back the new longest length, so the host bound stays exact: a step's attention reads keys up
         to it, and a loose bound (it grew by every verify's width) cost each later step."""
+        _, left, top, _ = self.checked_truncation(n)
+        self.set_lengths(left, top)
+
+    def checked_truncation(self, n, floor: Tensor | None = None) -> tuple[Tensor, Tensor, int, bool]:
+        """A truncate's checks, nothing changed: n as (B,) int32, the lengths left, their maximum and
+        whether a row would go below `floor` (B,) (False without one), all in one read-back; raises
+        where n lies outside [0, length] (before any floor)."""
         n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
         left = self._lengths - n
-        bad, top = torch.stack([((n < 0) | (left < 0)).any().int(), left.max()]).tolist()
+        probe = [((n < 0) | (left < 0)).any().int(), left.max()]
+        if floor is not None:
+            probe.append((left < floor).any().int())
+        bad, top, *deep = torch.stack(probe).tolist()
         if bad:
             raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
                              f"{self.lengths.tolist()}, n {n.tolist()}")
-        self.set_lengths(left, top)
+        return n, left, top, bool(deep and deep[0])
 
     def set_lengths(self, lengths: Tensor, longest: int) -> None:
-        """A truncate's end, its checks done by the caller: the new lengths (B,), at most the old ones,
-        and their maximum, read back in the caller's check."""
+        """A truncate's end, its checks done by the caller (checked_truncation): the new lengths (B,),
+        at most the old ones, and their maximum, read back in that check."""
         self._lengths.copy_(lengths)
         self.longest, self.exact = longest, True
 

@@ -119,14 +119,8 @@ class YOCOCache:
     def truncate(self, n) -> None:
         """Drop the last n tokens (per row if a tensor), no row below its high-water length minus
         max_rollback (the rings' slack). One read-back for both checks and the new longest length."""
-        n = torch.as_tensor(n, dtype=torch.int32, device=self.lengths.device).expand_as(self.lengths)
-        left = self.lengths - n
         floor = (self.high - self.max_rollback).clamp(min=0)
-        bad, deep, top = torch.stack([((n < 0) | (left < 0)).any().int(), (left < floor).any().int(),
-                                      left.max()]).tolist()
-        if bad:
-            raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths "
-                             f"{self.lengths.tolist()}, n {n.tolist()}")
+        n, left, top, deep = self.kv.checked_truncation(n, floor)
         if deep:
             raise ValueError(
                 f"truncate(n): YOCO's sliding-window state keeps max_rollback={self.max_rollback} positions "
