@@ -38,6 +38,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+if dist.is_available():
+    # torch.distributed.nn's functions take `group=group.WORLD` as a default, read when that module is
+    # first imported (dynamo imports it on first use). Imported after the world is joined, they hold the
+    # world group past destroy_process_group, and gloo's worker threads then free tensors while the
+    # interpreter shuts down: SIGABRT at exit. Imported here, before any group exists, they hold None.
+    import torch.distributed.nn  # noqa: F401
+
 from .layout import k_major_
 
 DEFAULT_TIMEOUT_S = 300  # a rank that died makes the others raise after this long instead of hanging

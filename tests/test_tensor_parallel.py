@@ -128,6 +128,13 @@ def test_bad_input_fails_on_every_rank(ranks, case):
     assert ranks[0]["bad"]["after_errors"] == ranks[1]["bad"]["after_errors"] == "no error"
 
 
+def test_leaving_closes_the_world(ranks):
+    """After the CLI's leave() no gloo thread is left: a world group still alive at exit lets gloo's
+    threads free tensors during interpreter shutdown, which aborts the rank (SIGABRT)."""
+    for r in ranks:
+        assert r["threads_after_leave"] and not [t for t in r["threads_after_leave"] if "gloo" in t], r["rank"]
+
+
 def test_dead_rank_raises_instead_of_hanging(work):
     t0 = time.monotonic()
     out = launch("dead", work, timeout=120)

@@ -8,6 +8,7 @@ The test process runs the same `scenarios` on the unsharded models: that is the 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -112,6 +113,8 @@ def bad_inputs(rank: int, work: Path) -> dict:
 
 def main(mode: str, rank: int, world: int, rendezvous: str, work: str) -> None:
     import torch.distributed as dist
+
+    importlib.import_module("models.parallel")  # before joining: see its import of torch.distributed.nn
     work = Path(work)
     torch.set_num_threads(1)
     timeout = 10 if mode == "dead" else 120
@@ -146,9 +149,12 @@ def main(mode: str, rank: int, world: int, rendezvous: str, work: str) -> None:
             result["bad"] = bad_inputs(rank, work)
     except Exception:  # noqa: BLE001
         result["crash"] = traceback.format_exc()
-    (work / f"rank{rank}.json").write_text(json.dumps(result))
     if mode != "dead":
-        dist.destroy_process_group()
+        from decoding.cli_parallel import leave
+        leave()  # as the CLI leaves: the world must really close, its gloo threads joined
+        result["threads_after_leave"] = sorted((Path("/proc/self/task") / t / "comm").read_text().strip()
+                                               for t in os.listdir("/proc/self/task"))
+    (work / f"rank{rank}.json").write_text(json.dumps(result))
     os._exit(0)  # skip gloo's teardown, which can wait on a dead peer
 
 
