@@ -264,6 +264,22 @@ def no_stack_traces():
         yield
 
 
+@contextlib.contextmanager
+def uncached_fake_dispatch():
+    """Within: fake tensor modes made here run each op's meta function instead of their dispatch
+    cache (torch._dynamo.config.fake_tensor_cache_enabled, read when a mode is made: export makes
+    its own). Under export's symbolic shapes a cache hit costs more than the meta function it saves,
+    rebuilding the output's symbolic sizes and strides; the graph is the same."""
+    try:
+        from torch._dynamo import config
+    except Exception:
+        config = None
+    patch = mock.patch.object(config, "fake_tensor_cache_enabled", False) \
+        if hasattr(config, "fake_tensor_cache_enabled") else contextlib.nullcontext()  # another torch: as before
+    with patch:
+        yield
+
+
 class _NoBar:
     """What torch.fx's Interpreter asks of its (disabled) progress bar, doing nothing."""
 

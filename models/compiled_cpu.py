@@ -314,16 +314,17 @@ class CompiledStep:
             # torch's own notices from inside export/inductor: not the user's to act on
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
-            if self.frozen:
-                ep = torch.export.export(_Frozen(model, example), (ids, example.step_state(), keep),
-                                         dynamic_shapes=({0: B, 1: T}, state_dims, {0: K}), strict=False)
-                configs = FROZEN_CONFIG
-            else:
-                ep = torch.export.export(_Exported(model, self.names, example),
-                                         (ids, [w.detach() for w in self.weights], example.step_state(), keep),
-                                         dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims, {0: K}),
-                                         strict=False)
-                configs = {}
+            with compile_speed.uncached_fake_dispatch():
+                if self.frozen:
+                    ep = torch.export.export(_Frozen(model, example), (ids, example.step_state(), keep),
+                                             dynamic_shapes=({0: B, 1: T}, state_dims, {0: K}), strict=False)
+                    configs = FROZEN_CONFIG
+                else:
+                    ep = torch.export.export(_Exported(model, self.names, example),
+                                             (ids, [w.detach() for w in self.weights], example.step_state(), keep),
+                                             dynamic_shapes=({0: B, 1: T}, [None] * len(self.weights), state_dims,
+                                                             {0: K}), strict=False)
+                    configs = {}
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")

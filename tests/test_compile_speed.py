@@ -248,6 +248,30 @@ def test_export_records_no_stack_traces_inside_only():
     assert torch.equal(inside.module()(x), outside.module()(x))
 
 
+def test_export_without_the_fake_dispatch_cache_traces_the_same_graph():
+    """Symbolic shapes, as the step's export: a broadcast product, a reduction, a reshape."""
+    from torch._dynamo import config
+    from torch.export import Dim
+
+    class Scores(torch.nn.Module):
+        def forward(self, q, k):
+            s = (q[:, :, None] * k[:, None]).sum(-1)
+            return torch.softmax(s, -1).reshape(q.shape[0], -1)
+    q, k = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    B = Dim("batch")
+    dims = ({0: B, 1: Dim("tokens")}, {0: B, 1: Dim("keys")})
+    with compile_speed.uncached_fake_dispatch():
+        inside = torch.export.export(Scores(), (q, k), dynamic_shapes=dims)
+    outside = torch.export.export(Scores(), (q, k), dynamic_shapes=dims)
+
+    def mode(ep):
+        return next(n.meta["val"].fake_mode for n in ep.graph.nodes if n.op == "placeholder")
+    assert mode(inside).cache_enabled is False and mode(outside).cache_enabled is True
+    assert config.fake_tensor_cache_enabled is True
+    assert str(inside.graph) == str(outside.graph)
+    assert torch.equal(inside.module()(q, k), outside.module()(q, k))
+
+
 def test_the_system_key_and_the_headers_warm_in_threads_of_their_own(monkeypatch):
     """The system key's hashing waits on the GIL; the headers' g++ runs must not wait behind it."""
     log, lock = [], threading.Lock()
