@@ -32,7 +32,7 @@ builds: the same C++ source, compiled with the same commands, so the same librar
 - `uncached_fake_dispatch()`, around torch.export: its fake tensors run each op's meta function
   instead of their dispatch cache, whose entries under symbolic shapes cost more than they save
   (the shipped target's export 4.75 -> 3.1 s; inductor's passes reuse export's fake mode, so they
-  run uncached too: ~0.5 s of that back).
+  run uncached too, which gives ~0.6 s of that back).
 Each step checks that the torch internal it relies on is there, else leaves inductor as it is.
 """
 from __future__ import annotations
@@ -272,8 +272,9 @@ def no_stack_traces():
 def uncached_fake_dispatch():
     """Within: fake tensor modes made here run each op's meta function instead of their dispatch
     cache (torch._dynamo.config.fake_tensor_cache_enabled, read when a mode is made: export makes
-    its own). Under export's symbolic shapes a cache hit costs more than the meta function it saves,
-    rebuilding the output's symbolic sizes and strides; the graph is the same."""
+    its own). Under export's symbolic shapes a miss adds an entry to the meta function's cost (the
+    output's symbolic sizes and strides, rebuilt from the entry to check it) and a hit costs about
+    what the meta function would; most of export's dispatches miss. The graph is the same."""
     try:
         from torch._dynamo import config
     except Exception:

@@ -151,9 +151,12 @@ def main(mode: str, rank: int, world: int, rendezvous: str, work: str) -> None:
         result["crash"] = traceback.format_exc()
     if mode != "dead":
         from decoding.cli_parallel import leave
-        leave()  # as the CLI leaves: the world must really close, its gloo threads joined
-        result["threads_after_leave"] = sorted((Path("/proc/self/task") / t / "comm").read_text().strip()
-                                               for t in os.listdir("/proc/self/task"))
+        try:
+            leave()  # as the CLI leaves: the world must really close, its gloo threads joined
+            result["threads_after_leave"] = sorted((Path("/proc/self/task") / t / "comm").read_text().strip()
+                                                   for t in os.listdir("/proc/self/task"))
+        except Exception:  # noqa: BLE001
+            result.setdefault("crash", traceback.format_exc())
     (work / f"rank{rank}.json").write_text(json.dumps(result))
     os._exit(0)  # skip gloo's teardown, which can wait on a dead peer
 
