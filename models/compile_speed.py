@@ -46,7 +46,7 @@ import threading
 from pathlib import Path
 from unittest import mock
 
-from . import aoti_interface, kernel_units
+from . import aoti_interface, fake_prop, kernel_units
 
 
 def warm_system_key() -> None:
@@ -234,11 +234,16 @@ def _no_repeated_fake_prop():
     to refresh the nodes' fake values. Where the graph and its attributes are as the previous call
     on the same graph left them, that call would recompute the values they hold: skipped. Its
     opening call (the first on a graph) is left to the next, which always follows it, where what
-    runs between needs no value the opening call sets (`_opening_prop_deferrable`, `_values_suffice`)."""
+    runs between needs no value the opening call sets (`_opening_prop_deferrable`, `_values_suffice`).
+    Every propagation that runs, freezing's and the one inductor makes after it (compile_fx's
+    fake_tensor_prop), is incremental after the first on a graph (models/fake_prop.py)."""
+    from torch._inductor import compile_fx
     from torch._inductor.fx_passes import freezing_patterns as fp
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch._guards import detect_fake_mode
-    original = fp.fake_tensor_prop
+    records: dict = {}  # graph -> its last propagation's records: the next one is incremental
+    original = fake_prop.patched(fp.fake_tensor_prop, records)
+    after_freezing = fake_prop.patched(compile_fx.fake_tensor_prop, records)
     defer = _opening_prop_deferrable(fp.freezing_passes)
     last: dict = {}
 
@@ -254,7 +259,12 @@ def _no_repeated_fake_prop():
         mode = original(gm, example_inputs, force_allow_non_fake_inputs)
         last.update(state=_graph_state(gm), mode=mode)
         return mode
-    return mock.patch.object(fp, "fake_tensor_prop", prop)
+    @contextlib.contextmanager
+    def patches():
+        with mock.patch.object(fp, "fake_tensor_prop", prop), \
+                mock.patch.object(compile_fx, "fake_tensor_prop", after_freezing):
+            yield
+    return patches()
 
 
 @contextlib.contextmanager

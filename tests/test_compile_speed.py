@@ -111,11 +111,13 @@ def test_interpreter_runs_the_same_without_progress_bars():
 
 
 def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
+    from torch._inductor import compile_fx
     from torch._inductor.fx_passes import freezing_patterns as fp
     from torch._subclasses import FakeTensorMode
-    calls, real = [], fp.fake_tensor_prop
-    monkeypatch.setattr(fp, "fake_tensor_prop", lambda gm, *a: calls.append(1) or real(gm, *a))
-    counted = fp.fake_tensor_prop
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+    calls, real = [], FakeTensorProp.propagate_dont_convert_inputs  # every propagation, full or incremental
+    monkeypatch.setattr(FakeTensorProp, "propagate_dont_convert_inputs", lambda p, *a: calls.append(1) or real(p, *a))
+    unpatched = fp.fake_tensor_prop, compile_fx.fake_tensor_prop
 
     class Linear(torch.nn.Module):
         def __init__(self):
@@ -145,7 +147,7 @@ def test_fake_propagation_is_skipped_only_where_nothing_changed(monkeypatch):
         gm.recompile()
         fp.fake_tensor_prop(gm, [x], True)
         assert len(calls) == 3 and "val" in relu.meta
-    assert fp.fake_tensor_prop is counted
+    assert (fp.fake_tensor_prop, compile_fx.fake_tensor_prop) == unpatched
 
 
 def test_the_opening_propagation_is_deferred_only_where_a_folding_alone_precedes_the_next():
