@@ -15,11 +15,15 @@ a failed compile, no `ld`, one core) and the kernels build whole, as inductor do
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 from pathlib import Path
 
 CHUNK = "#include <torch/csrc/inductor/cpp_prefix.h>\n"
+# a GEMM kernel's micro-kernel, as inductor's C++ GEMM template writes it: two inline templates
+# named after the kernel (`<kernel>_micro_gemm_kernel`, `<kernel>_micro_gemm`), then its entry
+_MICRO_GEMM = re.compile(r"template <[^\n]*>\ninline void (\w+)_micro_gemm_kernel\(")
 
 
 def halves(source: str) -> tuple[str, str] | None:
@@ -34,6 +38,33 @@ def halves(source: str) -> tuple[str, str] | None:
         owner[i] = unit
         sizes[unit] += len(chunks[i])
     return tuple(head + "".join(CHUNK + c for i, c in enumerate(chunks) if owner[i] == unit) for unit in (0, 1))
+
+
+def shared_micro_gemms(unit: str) -> str:
+    """The unit with each GEMM micro-kernel defined once: a kernel whose micro-kernel definitions
+    are a text an earlier kernel of the unit defined (names aside) loses them, and its entry calls
+    the earlier kernel's. The shipped target's GEMM kernels all carry one text (two in one unit,
+    three in the other); g++ compiled each copy anew (~1 s each). Same code: each call runs the
+    same template body, and the build's flags (-ffp-contract=off, no unsafe math) leave its
+    arithmetic as written, wherever it is inlined."""
+    first: dict[str, str] = {}  # definitions with the name blanked -> the kernel that defines them
+    out, pos = [], 0
+    for m in _MICRO_GEMM.finditer(unit):
+        if m.start() < pos:
+            continue
+        name = m.group(1)
+        entry = unit.find('extern "C"', m.end())
+        if entry < 0:
+            return unit  # not the layout described: as it is
+        key = unit[m.start():entry].replace(name, "\0")
+        if key not in first:
+            first[key] = name
+            continue
+        end = unit.find(CHUNK, entry)
+        end = len(unit) if end < 0 else end
+        out += [unit[pos:m.start()], unit[entry:end].replace(f"{name}_micro_gemm", f"{first[key]}_micro_gemm")]
+        pos = end
+    return "".join(out) + unit[pos:]
 
 
 def build_kernels(builder, whole) -> bool:
@@ -60,7 +91,7 @@ def build_kernels(builder, whole) -> bool:
             errors.append(e)
     try:
         for (src, _), text in zip(paths, units):
-            Path(src).write_text(text)
+            Path(src).write_text(shared_micro_gemms(text))
         thread = threading.Thread(target=compile_unit, args=paths[1], name="aoti-kernel-unit", daemon=True)
         thread.start()
         compile_unit(*paths[0])

@@ -72,3 +72,34 @@ def test_a_unit_that_does_not_compile_alone_builds_whole(sources):
     b = kernels(sources, "x", [defines, uses, KERNELS[2]])
     assert not kernel_units.build_kernels(b, whole)
     assert whole.calls == 1 and b.target.exists()
+
+
+def gemm(name: str, factor: int, padding: int = 0) -> str:
+    """A GEMM kernel's chunk as inductor's template lays it out: two inline templates named after
+    the kernel (its micro-kernel), then its entry."""
+    return (f"template <int N, bool accum>\ninline void {name}_micro_gemm_kernel(int* c, int x) "
+            f"{{ *c = accum ? *c + {factor} * x * N : {factor} * x * N; }}\n"
+            f"template <bool accum>\ninline void {name}_micro_gemm(int* c, int x) {{ {name}_micro_gemm_kernel<2, accum>(c, x); }}\n"
+            f'extern "C" int {name}(int x) {{ int c = 0; {name}_micro_gemm<false>(&c, x); '
+            f"{name}_micro_gemm<true>(&c, x); return c; }}\n" + "// padding\n" * padding)
+
+
+# k0 and k2 carry one micro-kernel text (names aside), k1 another; k1, the largest, is a unit alone
+GEMMS = [gemm("k0", 3), gemm("k1", 5, padding=40), gemm("k2", 3)]
+
+
+def test_a_unit_defines_each_micro_kernel_text_once():
+    shared = kernel_units.shared_micro_gemms(HEAD + "".join(CHUNK + c for c in GEMMS))
+    assert shared.count("_micro_gemm_kernel(int* c") == 2 and "k2_micro_gemm" not in shared
+    assert 'extern "C" int k2(int x) { int c = 0; k0_micro_gemm<false>(&c, x); k0_micro_gemm<true>(&c, x);' in shared
+    alone = HEAD + CHUNK + GEMMS[1]
+    assert kernel_units.shared_micro_gemms(alone) == alone
+
+
+def test_units_with_shared_micro_kernels_build_what_the_whole_source_builds(sources):
+    split = kernels(sources, "g", GEMMS)
+    assert kernel_units.build_kernels(split, whole) and whole.calls == 0
+    reference = kernels(sources, "gref", GEMMS)
+    whole(reference)
+    # each kernel returns 2 * factor * x * 2 (the kernel's N = 2, once stored, once accumulated)
+    assert run(split.target) == run(reference.target) == "12 20 12 24 40 24 36 60 36 "
