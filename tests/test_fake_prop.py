@@ -54,22 +54,23 @@ def rerun_count(monkeypatch) -> list:
     return count
 
 
+def replaced(gm, target):
+    """The node of `target` replaced by a new node computing the same."""
+    old = node(gm, target)
+    with gm.graph.inserting_after(old):
+        fresh = gm.graph.call_function(target, old.args)
+    old.replace_all_uses_with(fresh)
+    gm.graph.erase_node(old)
+
+
 def new_mm(gm):
     """A pass: the matmul replaced by a new node computing the same (as inductor's packed linear)."""
-    mm = node(gm, aten.mm.default)
-    with gm.graph.inserting_after(mm):
-        fresh = gm.graph.call_function(aten.mm.default, mm.args)
-    mm.replace_all_uses_with(fresh)
-    gm.graph.erase_node(mm)
+    replaced(gm, aten.mm.default)
 
 
 def new_relu(gm):
     """A new node under a view: the view, rerun, aliases the new node's storage, not the old one's."""
-    relu = node(gm, aten.relu.default)
-    with gm.graph.inserting_after(relu):
-        fresh = gm.graph.call_function(aten.relu.default, relu.args)
-    relu.replace_all_uses_with(fresh)
-    gm.graph.erase_node(relu)
+    replaced(gm, aten.relu.default)
 
 
 def view_to_reshape(gm):
