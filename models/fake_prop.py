@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
-_MOVES_METADATA = {"resize_", "resize_as_", "set_"}  # in-place ops that change a tensor's sizes
+# in-place ops that change a tensor's sizes (besides those tagged inplace_view and out= variants)
+_MOVES_METADATA = {"resize_", "resize_as_", "set_", "_resize_output_"}
 
 
 def _key(gm, n) -> tuple:
@@ -56,6 +57,8 @@ def _twins(old, new, old_inputs: list, new_inputs: list) -> bool:
         return old == new
     if not (isinstance(old, FakeTensor) and isinstance(new, FakeTensor)):
         return False
+    if old.constant is not None or new.constant is not None:  # a value a later node may read
+        return False
 
     def meta(t):
         return (t.dtype, t.device, t.layout, t.requires_grad, _exprs(t.shape), _exprs(t.stride()),
@@ -66,14 +69,26 @@ def _twins(old, new, old_inputs: list, new_inputs: list) -> bool:
 
 
 def supported(gm) -> bool:
-    """No unbacked symbols (their bindings are per run) and no op that changes a tensor's sizes in
-    place (a kept result would show them changed)."""
+    """Only ATen ops, placeholders, tensor attributes and the output: no unbacked symbols (their
+    bindings are per run), no op that changes a tensor's sizes in place (a kept result would show
+    them changed), no method or module call and no subgraph (a pass may edit one in place, its
+    key unchanged)."""
     import torch
     for n in gm.graph.nodes:
-        if "unbacked_bindings" in n.meta:
+        if "unbacked_bindings" in n.meta or n.op in ("call_method", "call_module"):
             return False
-        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and (
-                torch.Tag.inplace_view in n.target.tags or n.target.overloadpacket.__name__ in _MOVES_METADATA):
+        if n.op == "get_attr" and isinstance(_attr(gm, n.target), torch.nn.Module):
+            return False
+        if n.op != "call_function":
+            continue
+        op = n.target
+        if isinstance(op, torch._ops.OpOverloadPacket):
+            op = getattr(op, "default", None)
+        if isinstance(op, torch._ops.OpOverload):
+            if torch.Tag.inplace_view in op.tags or op.overloadpacket.__name__ in _MOVES_METADATA or any(
+                    a.kwarg_only and a.alias_info is not None and a.alias_info.is_write for a in op._schema.arguments):
+                return False
+        elif isinstance(op, torch._ops.HigherOrderOperator):
             return False
     return True
 
@@ -105,7 +120,8 @@ def prop_class():
                     self.same.add(n)
             if n in self.same and prev[2] is not None:
                 n.meta["val"] = prev[2]
-            self.records[n] = (key, result, n.meta.get("val"), [self.env[i] for i in inputs])
+            val = n.meta.get("val") if result is not None else None  # a None result sets no value
+            self.records[n] = (key, result, val, [self.env[i] for i in inputs])
             return result
 
     return IncrementalProp
@@ -113,7 +129,8 @@ def prop_class():
 
 def patched(original, last: dict):
     """compile_fx.fake_tensor_prop(gm, example_inputs, force_allow_non_fake_inputs), incremental
-    where an earlier call on the same graph left records in `last` (gm -> records)."""
+    where an earlier call on the same graph, in the same fake mode, left records in `last`
+    (gm -> (mode, records))."""
     IncrementalProp = prop_class()
 
     def fake_tensor_prop(gm, example_inputs, force_allow_non_fake_inputs=False):
@@ -126,9 +143,10 @@ def patched(original, last: dict):
             return original(gm, example_inputs, force_allow_non_fake_inputs)
         allow = mock.patch.object(mode, "allow_non_fake_inputs", True) if force_allow_non_fake_inputs \
             else contextlib.nullcontext()
+        before = last.get(gm)
         with enable_python_dispatcher(), allow:
-            p = IncrementalProp(gm, mode, last.get(gm))
+            p = IncrementalProp(gm, mode, before[1] if before and before[0] is mode else None)
             p.propagate_dont_convert_inputs(*example_inputs)
-        last[gm] = p.records
+        last[gm] = (mode, p.records)  # records of one fake mode serve only that mode's next run
         return mode
     return fake_tensor_prop

@@ -55,15 +55,18 @@ def shared_micro_gemms(unit: str) -> str:
         if m.start() < pos:
             continue
         name = m.group(1)
-        entry = unit.find('extern "C"', m.end())
-        if entry < 0:
-            return unit  # not the layout described: as it is
+        entry, end = unit.find('extern "C"', m.end()), unit.find(CHUNK, m.end())
+        end = len(unit) if end < 0 else end
+        if not 0 <= entry < end:
+            continue  # not the layout described: this chunk as it is
+        # the kernel's own names in its entry: itself and its micro-kernel only (the BMM template,
+        # for one, defines more helpers there: such a chunk stays as it is)
+        if set(re.findall(rf"\b{name}\w*", unit[entry:end])) - {name, f"{name}_micro_gemm", f"{name}_micro_gemm_kernel"}:
+            continue
         key = unit[m.start():entry].replace(name, "\0")
         if key not in first:
             first[key] = name
             continue
-        end = unit.find(CHUNK, entry)
-        end = len(unit) if end < 0 else end
         out += [unit[pos:m.start()], unit[entry:end].replace(f"{name}_micro_gemm", f"{first[key]}_micro_gemm")]
         pos = end
     return "".join(out) + unit[pos:]

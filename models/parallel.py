@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from datetime import timedelta
 
 import torch
@@ -43,7 +44,13 @@ if dist.is_available():
     # first imported (dynamo imports it on first use). Imported after the world is joined, they hold the
     # world group past destroy_process_group, and gloo's worker threads then free tensors while the
     # interpreter shuts down: SIGABRT at exit. Imported here, before any group exists, they hold None.
-    import torch.distributed.nn  # noqa: F401
+    import torch.distributed.nn.functional as _dist_nn_functional
+
+    if any(isinstance(d, dist.ProcessGroup) for f in vars(_dist_nn_functional).values()
+           for d in getattr(f, "__defaults__", None) or ()):
+        warnings.warn("torch.distributed.nn was imported after the process group was made, so its "
+                      "functions hold the world group past destroy_process_group (gloo may abort the "
+                      "process at exit): import models.parallel before init_process_group", stacklevel=2)
 
 from .layout import k_major_
 

@@ -117,10 +117,21 @@ def test_an_unchanged_graph_reruns_only_its_placeholders_and_output(monkeypatch)
     assert count[0] == len(inputs) + 1 and signature(gm) == before
 
 
-def test_a_size_changing_inplace_op_takes_the_full_propagation():
+@pytest.mark.parametrize("kind", ["resize_", "out=", "method", "module"])
+def test_what_a_kept_result_could_misstate_takes_the_full_propagation(kind):
+    """Ops that change sizes in place (resize_, an out= variant resizing its out), and method or
+    module calls (a pass may edit a submodule in place, its key unchanged)."""
     gm, _ = traced()
     assert fake_prop.supported(gm)
     x = next(n for n in gm.graph.nodes if n.op == "placeholder")
     with gm.graph.inserting_after(x):
-        gm.graph.call_function(aten.resize_.default, (x, [1]))
+        if kind == "resize_":
+            gm.graph.call_function(aten.resize_.default, (x, [1]))
+        elif kind == "out=":
+            gm.graph.call_function(aten.add.out, (x, x), {"out": x})
+        elif kind == "method":
+            gm.graph.call_method("t_", (x,))
+        else:
+            gm.add_submodule("inner", torch.nn.Identity())
+            gm.graph.call_module("inner", (x,))
     assert not fake_prop.supported(gm)

@@ -103,3 +103,16 @@ def test_units_with_shared_micro_kernels_build_what_the_whole_source_builds(sour
     whole(reference)
     # each kernel returns 2 * factor * x * 2 (the kernel's N = 2, once stored, once accumulated)
     assert run(split.target) == run(reference.target) == "12 20 12 24 40 24 36 60 36 "
+
+
+def test_a_kernel_with_helpers_of_its_own_keeps_its_micro_kernel():
+    """A template that defines more than the micro-kernel before the entry (as inductor's BMM
+    template does): its chunk stays as it is, else its entry would call a helper removed with it."""
+    def with_helper(name):
+        chunk = gemm(name, 3).replace('extern "C"', f"inline int {name}_single_thread_mm(int x) {{ return x; }}\n"
+                                      'extern "C"')
+        return chunk.replace("return c; }", f"return c + {name}_single_thread_mm(0); }}")
+    source = HEAD + CHUNK + with_helper("k0") + CHUNK + with_helper("k2")
+    assert source.count("_single_thread_mm(0)") == 2
+    assert kernel_units.shared_micro_gemms(source) == source
+    assert kernel_units.shared_micro_gemms(HEAD + CHUNK + GEMMS[0] + CHUNK + GEMMS[2]).count("_micro_gemm_kernel(int* c") == 1

@@ -135,6 +135,20 @@ def test_leaving_closes_the_world(ranks):
         assert r["threads_after_leave"] and not [t for t in r["threads_after_leave"] if "gloo" in t], r["rank"]
 
 
+@pytest.mark.parametrize("joined_first", [False, True])
+def test_importing_after_the_world_is_joined_warns(tmp_path, joined_first):
+    """torch.distributed.nn imported after init_process_group keeps the world group alive past
+    destroy_process_group: models.parallel says so when its import finds the group captured."""
+    init = f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'rdv'}', rank=0, world_size=1)\n"
+    code = ("import os, warnings\nimport torch.distributed as dist\n" + (init if joined_first else "") +
+            "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+            "    import models.parallel\n" + ("" if joined_first else init) +
+            "print(any('before init_process_group' in str(w.message) for w in caught), flush=True)\nos._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=WORKER.parent.parent, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == str(joined_first), out.stderr[-2000:]
+
+
 def test_dead_rank_raises_instead_of_hanging(work):
     t0 = time.monotonic()
     out = launch("dead", work, timeout=120)
