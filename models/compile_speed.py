@@ -269,18 +269,18 @@ def _no_repeated_fake_prop():
     return patches()
 
 
-@contextlib.contextmanager
+def _setting(config, name: str, value):
+    """`config.name = value` within; where this torch's config lacks the setting, as before."""
+    return mock.patch.object(config, name, value) if hasattr(config, name) else contextlib.nullcontext()
+
+
 def no_stack_traces():
     """Within: torch.fx records no source stack trace per traced node (export captured and
     symbolised one for each; inductor writes them into comments and error messages only)."""
     from torch.fx import config
-    patch = mock.patch.object(config, "do_not_emit_stack_traces", True) \
-        if hasattr(config, "do_not_emit_stack_traces") else contextlib.nullcontext()  # another torch: as before
-    with patch:
-        yield
+    return _setting(config, "do_not_emit_stack_traces", True)
 
 
-@contextlib.contextmanager
 def uncached_fake_dispatch():
     """Within: fake tensor modes made here run each op's meta function instead of their dispatch
     cache (torch._dynamo.config.fake_tensor_cache_enabled, read when a mode is made: export makes
@@ -290,11 +290,8 @@ def uncached_fake_dispatch():
     try:
         from torch._dynamo import config
     except Exception:
-        config = None
-    patch = mock.patch.object(config, "fake_tensor_cache_enabled", False) \
-        if hasattr(config, "fake_tensor_cache_enabled") else contextlib.nullcontext()  # another torch: as before
-    with patch:
-        yield
+        return contextlib.nullcontext()
+    return _setting(config, "fake_tensor_cache_enabled", False)
 
 
 class _NoBar:

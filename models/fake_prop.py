@@ -105,23 +105,22 @@ def prop_class():
 
         def run_node(self, n):
             prev, key = self.last.get(n), _key(self.module, n)
-            inputs = n.all_input_nodes
+            inputs = [self.env[i] for i in n.all_input_nodes]  # their results, this run's
             if prev is not None and n.op not in ("placeholder", "output") and prev[0] == key and \
-                    all(i in self.same for i in inputs):
+                    all(i in self.same for i in n.all_input_nodes):
                 result = prev[1]
                 self.same.add(n)
             else:
                 result = super().run_node(n)
                 self.reran += 1
-                now_inputs = [self.env[i] for i in inputs]
                 if prev is not None and (result is prev[1] or n.op not in ("placeholder", "output") and
-                                         _twins(prev[1], result, prev[3], now_inputs)):
+                                         _twins(prev[1], result, prev[3], inputs)):
                     result = prev[1]
                     self.same.add(n)
             if n in self.same and prev[2] is not None:
                 n.meta["val"] = prev[2]
             val = n.meta.get("val") if result is not None else None  # a None result sets no value
-            self.records[n] = (key, result, val, [self.env[i] for i in inputs])
+            self.records[n] = (key, result, val, inputs)
             return result
 
     return IncrementalProp
