@@ -150,7 +150,14 @@ class StaticCache:
     def truncate(self, n) -> None:
         """Drop the last n tokens (per row if a tensor). The bounds check's one read-back also brings
         back the new longest length, so the host bound stays exact: a step's attention reads keys up
-        to it, and a loose bound (it grew by every verify's width) cost each later step."""
+        to it, and a loose bound (it grew by every verify's width) cost each later step. One row
+        whose bound is exact and a host int n: the bound is its length, so no check or read-back."""
+        if isinstance(n, int) and self.exact and self.longest is not None and self.batch_size == 1:
+            if not 0 <= n <= self.longest:
+                raise ValueError(f"truncate(n): n must lie in [0, length] per row; lengths [{self.longest}], n {n}")
+            self._lengths -= n
+            self.longest -= n
+            return
         _, left, top, _ = self.checked_truncation(n)
         self.set_lengths(left, top)
 
