@@ -115,6 +115,9 @@ class Constant:
     def update(self, rnd: Round) -> None:
         pass
 
+    def advance(self, full: bool) -> None:
+        pass
+
 
 # -- acceptance rules ------------------------------------------------------------------------------
 

@@ -61,14 +61,14 @@ def yoco(seed=0):
                                   max_rollback=8, max_seq_len=128, pad_token_id=0)).eval()
 
 
-def per_round(target, **kw) -> tuple[int, int]:
+def per_round(target, rows=ROWS, **kw) -> tuple[int, int]:
     """(decoding, models): the most host reads any steady-state round took (the rounds after the
     prefill and before the last), one layer at a time."""
     reads = HostReads()
     handle = target.register_forward_pre_hook(reads.next_round)
     try:
         with reads:
-            decoding.generate(target, ROWS, max_new_tokens=16, eos_token_id=None, **kw)
+            decoding.generate(target, rows, max_new_tokens=16, eos_token_id=None, **kw)
     finally:
         handle.remove()
     steady = reads.rounds[2:-1]
@@ -91,6 +91,11 @@ CASES = {
     # rows that accepted different counts: the draft's re-read rollback adds its truncate (docs/DESIGN.md 6)
     "speculative_ragged": (dict(assistant_model="noisy", num_assistant_tokens=3, assistant_confidence_threshold=0),
                            3, 1 + 1 + 1),
+    # one row on a CPU (decoding/strategies/speculative_row.py): a numpy view of each library call's
+    # logits (k draft steps, the verify), read for their argmax; no sync on a CPU, the only device it
+    # runs on. The rollbacks are host ints (a truncate of one row by an int reads nothing)
+    "speculative_one_row": (dict(rows=ROWS[:1], assistant_model="draft", num_assistant_tokens=3,
+                                 assistant_confidence_threshold=0), 3 + 1, 0),
     # + the n-gram search: text length, guess length, all rows valid
     "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 1),
     "jacobi": (dict(strategy="jacobi", block_size=3), 2, 1),

@@ -15,6 +15,9 @@ guess is below `assistant_confidence_threshold` (in every row); set it to 0 for 
 The "heuristic" schedule (+2 after a round in which every running row accepted everything, -1
 otherwise) lives for one call: the assistant's config is not updated.
 
+One row, greedy, with a draft and no processor (the usual call) runs strategies/speculative_row.py:
+the same rounds with their bookkeeping on the host, the same tokens and statistics.
+
 Batch > 1 (HF's assisted generation is batch 1 only): rows accept different numbers of tokens;
 caches roll back per row; a round guesses at most one token fewer than the running row closest to
 max_new_tokens may still take. stats.accept_rate_by_position counts every running row as guessing
@@ -29,6 +32,7 @@ import torch
 from ..capabilities import as_decoder, check_positions, check_rollback, rollback_bound
 from ..proposers import DraftProposer, NgramProposer
 from ..verify import Constant, Round, greedy_accept, sample_accept, speculate
+from . import speculative_row
 
 
 class Heuristic:
@@ -39,9 +43,11 @@ class Heuristic:
 
     def update(self, rnd: Round) -> None:
         K = rnd.draft.shape[1]
-        if K == 0:
-            return
-        full = bool(((rnd.accepted >= K) | ~rnd.ran).all())
+        if K:
+            self.advance(bool(((rnd.accepted >= K) | ~rnd.ran).all()))
+
+    def advance(self, full: bool) -> None:
+        """After a round with guesses: `full` when every running row accepted all of them."""
         self.k = min(self.k + 2, self.most) if full else max(1, self.k - 1)
 
 
@@ -62,6 +68,8 @@ def run(model, prompt, cfg, stop=None):
         vocab = min(model.vocab_size, draft.vocab_size)
     check_rollback(schedule.k, name, rows, prompt.width + cfg.max_new_tokens + schedule.most,
                    model=model, assistant_model=draft)
+    if draft is not None and speculative_row.applies(model, draft, prompt, cfg, stop, schedule.most):
+        return speculative_row.run(model, draft, prompt, cfg, schedule, proposer.threshold, vocab)
     rule = sample_accept if cfg.do_sample else greedy_accept
     return speculate(model, prompt, cfg, stop, proposer, rule, schedule, vocab=vocab)
 

@@ -1,0 +1,165 @@
+"""Speculative decoding of one row on a CPU with a draft model, its bookkeeping on the host.
+
+The general loop (decoding/verify.py, DraftProposer) keeps every row's lengths, counts and stop
+state in tensors so that a batch runs without a host sync per row: ~170 tensor ops a round besides
+the forwards and the sampling arithmetic, ~0.55-0.8 ms on the Xeon, a fifth of a round of the
+shipped target and draft. With one row on a CPU the row is a numpy view of its token buffer: the
+guesses are written after the kept tokens (so a verify's input is a slice, no concatenation), and
+the accepted count, the stop test, both caches' rollbacks and the statistics are host ints. Greedy
+reads its argmaxes straight off the logits (numpy's argmax, the first maximum as torch's): ~12
+tensor ops a round besides the library calls. Sampling runs the general loop's arithmetic
+(warpers, softmax, `sampling.inverse_cdf`, `verify.sample_accept`) on the same tensors in the same
+order, so under a seed it draws the same tokens. Same tokens, statistics and caches' contents as
+the general loop (tests/test_speculative_row.py runs both), so it is taken wherever it applies: one
+row on a CPU, no pads, no logits processor but sampling's warpers (temperature, top-k, top-p,
+min-p), no stop strings or scores to return, caches not clamped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import sampling
+from ..capabilities import cache_size
+from ..output import GenerationOutput, GenerationStats
+from ..processors import Pipeline
+from ..verify import Proposal, Round, _trace, sample_accept
+
+
+def applies(target, draft, prompt, cfg, stop, most: int) -> bool:
+    if prompt.batch_size * cfg.num_return_sequences != 1 or prompt.mask is not None:
+        return False
+    if prompt.ids.device.type != "cpu" or stop is not None or cfg.output_scores:
+        return False
+    pipe = Pipeline(cfg, min(target.vocab_size, draft.vocab_size), prompt.ids.device)
+    if pipe.penalty or pipe.eos_ids is not None or pipe.user or pipe.rules.active:  # processors with a context
+        return False
+    width = prompt.width
+    return not (cache_size(target, width, cfg.max_new_tokens, most)[1] or
+                cache_size(draft, width, cfg.max_new_tokens, most)[1])
+
+
+def _host(logits: Tensor) -> np.ndarray:
+    """The float32 scores the general loop takes the argmax of (`.float()`), as numpy."""
+    return (logits if logits.dtype == torch.float32 else logits.float()).numpy()
+
+
+@torch.no_grad()
+def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> GenerationOutput:
+    """Rounds of: the draft guesses up to k tokens from what it has not read yet, the target scores
+    [pending, guesses] in one forward, the acceptance rule (greedy: the longest prefix equal to the
+    target's argmax, then its argmax; sampling: modified rejection sampling) keeps a prefix and
+    one more token, both caches roll back to what was kept."""
+    ids, max_new = prompt.ids, cfg.max_new_tokens
+    T = ids.shape[1]
+    size = cache_size(target, T, max_new, schedule.most)[0]
+    cache, dcache = target.new_cache(1, size), draft.new_cache(1, cache_size(draft, T, max_new, schedule.most)[0])
+    forward, dforward = target.forward_on(cache), draft.forward_on(dcache)
+    sample = cfg.do_sample
+    warp = Pipeline(cfg, vocab, ids.device).warp
+    generator = sampling.make_generator(cfg.seed, cfg.generator, ids.device) if sample else None
+    # the row: kept tokens in [0, n), this round's guesses in [n, n + K) (a round never guesses past
+    # max_new_tokens); `row` is its host view
+    seq = torch.empty(1, T + max_new, dtype=torch.long)
+    seq[:, :T] = ids
+    row = seq.numpy()[0]
+    eos = set(cfg.eos_token_id or ())
+    streamer = cfg.streamer
+    if streamer is not None:
+        streamer.put(ids.cpu())
+    n = T  # tokens the row holds (prompt + kept)
+    seen = 0  # of them, read by the target (the rest is pending)
+    dseen = 0  # tokens in the draft's cache (a prefix of the row, then fed guesses)
+    rounds, drafts, took = 0, 0, []  # target forwards, draft forwards, (K, accepted) of each round
+    while True:
+        emitted = n - T
+        k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
+        K, qs = 0, []
+        if k:
+            feed = seq[:, dseen:n]
+            for j in range(k):
+                drafts += 1
+                logits = dforward(feed, None, 1)
+                if sample:  # the draft's processed distribution q, and a draw from it
+                    scores = logits[:, -1, :vocab].float()
+                    q = (scores if warp is None else warp(scores)).softmax(-1)
+                    qs.append(q)
+                    row[n + j] = sampling.inverse_cdf(q, generator).item()
+                else:
+                    row[n + j] = _host(logits)[0, -1, :vocab].argmax()
+                K = j + 1
+                if K == k:
+                    break
+                # HF's ConfidenceCriteria: stop where the draft doubts its last guess
+                if threshold > 0 and _confidence(logits, qs, int(row[n + j]), vocab) < threshold:
+                    break
+                feed = seq[:, n + j:n + K]
+            dseen = n + K - 1  # the last guess is never fed to the draft
+        rounds += 1
+        logits = forward(seq[:, seen:n + K], None, K + 1)  # (1, K + 1, V)
+        scores = None
+        if sample:
+            scores = logits[..., :vocab].float()
+            if warp is not None:
+                scores = warp(scores.reshape(K + 1, -1)).view(1, K + 1, -1)
+            a, nxt = sample_accept(Proposal(seq[:, n:n + K], torch.stack(qs, 1) if qs else None), scores, generator)
+            accepted, nxt = torch.stack([a[0], nxt[0]]).tolist()
+        else:
+            best = _host(logits)[0, :, :vocab].argmax(-1)  # (K + 1,)
+            accepted = 0
+            while accepted < K and row[n + accepted] == best[accepted]:
+                accepted += 1
+            nxt = best[accepted]
+        draft_tokens = seq[:, n:n + K].clone() if _trace.get() is not None else None
+        row[n + accepted] = nxt  # the correction, or the bonus token after K
+        kept = next((i + 1 for i in range(accepted + 1) if int(row[n + i]) in eos), accepted + 1) if eos \
+            else accepted + 1
+        if streamer is not None:
+            streamer.put(seq[0, n:n + kept].clone())
+        took.append((K, accepted))
+        if K:
+            schedule.advance(accepted >= K)
+        if draft_tokens is not None:  # verify.tracing(): the general loop's Round
+            if scores is None:
+                scores = logits[..., :vocab].float()
+            _trace.get().append(_round(draft_tokens, scores, int(nxt), accepted, kept))
+        # the target keeps the pending tokens and the kept drafts; the draft what it read of the row
+        cache.truncate(K + 1 - kept)
+        good = n + min(accepted, K - 1, kept)  # fed guesses that stayed in the row
+        if K and dseen > good:
+            dcache.truncate(dseen - good)
+            dseen = good
+        n, seen = n + kept, n + kept - 1
+        if int(row[n - 1]) in eos or n - T >= max_new:
+            break
+    if streamer is not None:
+        streamer.end()
+    return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, rounds, drafts, took,
+                                                               cache.nbytes() + dcache.nbytes()))
+
+
+def _confidence(logits: Tensor, qs: list, guess: int, vocab: int) -> float:
+    """The draft's processed probability of its last guess, as the general loop computes it: the
+    drawn token's under sampling, the largest one under greedy."""
+    if qs:
+        return float(qs[-1][0, guess])
+    return float(logits[:, -1, :vocab].float().softmax(-1).amax())
+
+
+def _round(draft: Tensor, scores: Tensor, nxt: int, accepted: int, kept: int) -> Round:
+    tokens = torch.cat([draft, torch.tensor([[nxt]])], 1)
+    tokens[0, accepted] = nxt
+    counts = torch.tensor([[accepted, kept]])
+    return Round(draft, scores, counts[:, 0], tokens, counts[:, 1], torch.ones(1, dtype=torch.bool))
+
+
+def _stats(new: int, rounds: int, drafts: int, took: list[tuple[int, int]], nbytes: int) -> GenerationStats:
+    """DecodeState.stats() of the same run: every round has its one row running."""
+    most = max((K for K, _ in took), default=0)
+    rates = []
+    if most:
+        proposed = [sum(K > i for K, _ in took) for i in range(most)]
+        rates = [sum(a > i for _, a in took) / p if p else 0.0 for i, p in enumerate(proposed)]
+    return GenerationStats(new_tokens=new, target_forwards=rounds, draft_forwards=drafts,
+                           tau=new / rounds if rounds else 0.0, accept_rate_by_position=rates, kv_cache_bytes=nbytes)

@@ -1,0 +1,234 @@
+"""Speculative decoding of one row (decoding/strategies/speculative_row.py) gives what the general
+batched loop gives: the same tokens (greedy: and both HF's greedy output; sampling: the same draws
+under a seed, the general loop being the one checked against the exact distribution), the same
+statistics and the same streamed chunks, for a constant k, the confidence threshold, the heuristic
+schedule, sampling's warpers, an eos inside a round and max_new_tokens cutting a round, on HF,
+native and YOCO pairs. It is taken
+exactly where it applies, and records the same rounds under verify.tracing()."""
+import pytest
+import torch
+
+import decoding
+from decoding.strategies import speculative_row
+from hf_tiny import hf_greedy, tiny
+from models.cache import StaticCache
+from models.hf_weights import from_hf
+from test_speculative_greedy import char_tokenizer, noisy_copy
+
+ROW = [5, 17, 23, 8, 41, 9, 77, 3, 12, 60, 33, 7]
+STATS = ("new_tokens", "prefill_tokens", "target_forwards", "draft_forwards", "tau", "accept_rate_by_position",
+         "kv_cache_bytes")
+
+
+@pytest.fixture(scope="module")
+def hf_pair():
+    target = tiny("llama")
+    return target, noisy_copy(target, "llama", 0.02)
+
+
+def _yoco_pair():
+    from models.yoco import YOCOConfig, YOCODecoder
+    models = []
+    for noise in (0.0, 0.02):
+        torch.manual_seed(0)
+        m = YOCODecoder(YOCOConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, window=8,
+                                   max_rollback=5, max_seq_len=128)).eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.3)
+                    p.add_(noise * torch.randn_like(p))
+        models.append(m)
+    return models
+
+
+class Chunks:
+    def __init__(self):
+        self.got = []
+
+    def put(self, t):
+        self.got.append(t.tolist())
+
+    def end(self):
+        self.got.append("end")
+
+
+def _both(target, ids, **kw):
+    """(one-row path's output, general loop's output, their streamed chunks)."""
+    outs, chunks = [], []
+    for fast in (True, False):
+        streamer = Chunks()
+        called = []
+        run = speculative_row.run
+
+        def spy(*a, **k):
+            called.append(1)
+            return run(*a, **k)
+        speculative_row.run = spy
+        applies = speculative_row.applies
+        if not fast:
+            speculative_row.applies = lambda *a, **k: False
+        try:
+            outs.append(decoding.generate(target, ids, streamer=streamer, **kw))
+        finally:
+            speculative_row.run, speculative_row.applies = run, applies
+        assert bool(called) == fast, "the one-row path must be taken where it applies, and only then"
+        chunks.append(streamer.got)
+    return outs[0], outs[1], chunks
+
+
+def _same(a, b):
+    assert torch.equal(a.sequences, b.sequences)
+    for f in STATS:
+        assert getattr(a.stats, f) == getattr(b.stats, f), f
+
+
+SETTINGS = {
+    "k3": dict(num_assistant_tokens=3, assistant_confidence_threshold=0),
+    "threshold": dict(num_assistant_tokens=4, assistant_confidence_threshold=0.4),
+    "heuristic": dict(num_assistant_tokens=2, num_assistant_tokens_schedule="heuristic",
+                      assistant_confidence_threshold=0),
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("max_new", [1, 3, 16])
+def test_hf_pair_equals_the_general_loop_and_hf(hf_pair, setting, max_new):
+    target, draft = hf_pair
+    ids = torch.tensor([ROW])
+    fast, general, chunks = _both(target, ids, assistant_model=draft, max_new_tokens=max_new, eos_token_id=None,
+                                  **SETTINGS[setting])
+    _same(fast, general)
+    assert chunks[0] == chunks[1]
+    assert torch.equal(fast.sequences, hf_greedy(target, ids, None, max_new, eos_token_id=None))
+    if max_new == 16:
+        assert 0 < fast.stats.accept_rate_by_position[0] < 1 and fast.stats.tau > 1
+
+
+SAMPLING = {
+    "defaults": dict(num_assistant_tokens=4, assistant_confidence_threshold=0),  # the model's top_k 50
+    "warpers": dict(num_assistant_tokens=3, temperature=0.7, top_k=20, top_p=0.9, min_p=0.02,
+                    assistant_confidence_threshold=0),
+    "no_warper": dict(num_assistant_tokens=3, top_k=0, assistant_confidence_threshold=0),
+    "threshold": dict(num_assistant_tokens=4, assistant_confidence_threshold=0.3),
+    "heuristic": dict(num_assistant_tokens=2, num_assistant_tokens_schedule="heuristic",
+                      assistant_confidence_threshold=0),
+}
+
+
+@pytest.mark.parametrize("setting", list(SAMPLING))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampling_draws_what_the_general_loop_draws(hf_pair, setting, seed):
+    target, draft = hf_pair
+    fast, general, chunks = _both(target, torch.tensor([ROW]), assistant_model=draft, max_new_tokens=16,
+                                  eos_token_id=None, do_sample=True, seed=seed, **SAMPLING[setting])
+    _same(fast, general)
+    assert chunks[0] == chunks[1]
+    assert 0 < fast.stats.accept_rate_by_position[0] < 1
+
+
+def test_sampling_with_eos_and_native_models():
+    hf_target = tiny("llama")
+    target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", 0.05))
+    ids = torch.tensor([ROW])
+    kw = dict(assistant_model=draft, max_new_tokens=16, do_sample=True, seed=3, num_assistant_tokens=4,
+              assistant_confidence_threshold=0)
+    free = decoding.generate(target, ids, eos_token_id=None, **kw).sequences[0, len(ROW):].tolist()
+    eos = free[6]  # the same draws up to the first eos: the row ends there
+    fast, general, _ = _both(target, ids, eos_token_id=eos, **kw)
+    _same(fast, general)
+    assert fast.sequences[0, len(ROW):].tolist() == free[:free.index(eos) + 1]
+
+
+def test_eos_inside_a_round(hf_pair):
+    """An eos the target emits inside a round, with guesses accepted past it: the draft is the
+    target itself, so every round takes its 4 guesses and the bonus (tokens 5r .. 5r + 4), and the
+    eos is a token first emitted away from a round's end."""
+    target = hf_pair[0]
+    ids = torch.tensor([ROW])
+    free = hf_greedy(target, ids, None, 16, eos_token_id=None)[0, len(ROW):].tolist()
+    eos = next(t for i, t in enumerate(free) if i % 5 != 4 and t not in free[:i])
+    ref = hf_greedy(target, ids, None, 16, eos_token_id=eos)
+    fast, general, chunks = _both(target, ids, assistant_model=target, max_new_tokens=16, eos_token_id=eos,
+                                  num_assistant_tokens=4, assistant_confidence_threshold=0)
+    _same(fast, general)
+    assert chunks[0] == chunks[1]
+    assert torch.equal(fast.sequences, ref) and ref.shape[1] < len(ROW) + 16 and int(ref[0, -1]) == eos
+    assert fast.stats.accept_rate_by_position == [1.0] * 4
+
+
+def test_traced_rounds_equal_the_general_loop(hf_pair):
+    """verify.tracing() (decoding/viz.py, bench.step_costs) records the same Rounds on both paths."""
+    from decoding.verify import tracing
+    target, draft = hf_pair
+    traces = []
+    for fast in (True, False):
+        applies = speculative_row.applies
+        if not fast:
+            speculative_row.applies = lambda *a, **k: False
+        try:
+            with tracing() as rounds:
+                decoding.generate(target, [ROW], assistant_model=draft, max_new_tokens=16, eos_token_id=None,
+                                  num_assistant_tokens=3, assistant_confidence_threshold=0.4)
+        finally:
+            speculative_row.applies = applies
+        traces.append(rounds)
+    assert len(traces[0]) == len(traces[1]) > 3
+    for a, b in zip(*traces):
+        for f in ("draft", "scores", "accepted", "tokens", "kept", "ran"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert x.dtype == y.dtype and torch.equal(x, y), f
+
+
+def test_native_and_yoco_pairs():
+    hf_target = tiny("llama")
+    target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", 0.05))
+    ids = torch.tensor([ROW])
+    fast, general, _ = _both(target, ids, assistant_model=draft, max_new_tokens=16, eos_token_id=None,
+                             num_assistant_tokens=3, assistant_confidence_threshold=0)
+    _same(fast, general)
+    assert torch.equal(fast.sequences, hf_greedy(hf_target, ids, None, 16, eos_token_id=None))
+    yt, yd = _yoco_pair()
+    ids = torch.tensor([[5, 17, 23, 8, 41, 9, 7, 3, 12]])
+    fast, general, _ = _both(yt, ids, assistant_model=yd, max_new_tokens=24, eos_token_id=None,
+                             num_assistant_tokens=5, assistant_confidence_threshold=0)
+    _same(fast, general)
+    assert torch.equal(fast.sequences, decoding.generate(yt, ids, max_new_tokens=24, eos_token_id=None).sequences)
+    assert fast.stats.tau > 1
+
+
+@pytest.mark.parametrize("case", ["batch2", "padded", "processor", "sampling_processor", "scores", "stop"])
+def test_other_calls_take_the_general_loop(hf_pair, case):
+    target, draft = hf_pair
+    ids, kw = torch.tensor([ROW]), dict(assistant_model=draft, max_new_tokens=4, eos_token_id=None)
+    kw.update({"batch2": dict(input_ids=torch.tensor([ROW, ROW[::-1]])),
+               "padded": dict(attention_mask=torch.tensor([[0] + [1] * (len(ROW) - 1)])),
+               "sampling_processor": dict(do_sample=True, seed=0, min_new_tokens=2, eos_token_id=5),
+               "processor": dict(repetition_penalty=1.3),
+               "scores": dict(output_scores=True, return_dict_in_generate=True),
+               "stop": dict(stop_strings=["x"], tokenizer=char_tokenizer())}[case])
+    called = []
+    run = speculative_row.run
+    speculative_row.run = lambda *a, **k: called.append(1)
+    try:
+        decoding.generate(target, kw.pop("input_ids", ids), **kw)
+    finally:
+        speculative_row.run = run
+    assert not called
+
+
+def test_one_row_truncate_by_a_host_int_equals_the_checked_one():
+    """StaticCache.truncate(int) on one row with an exact bound skips the read-back: same lengths
+    and bound as the tensor path, and the same error outside [0, length]."""
+    caches = [StaticCache(2, 1, 2, 16, 4) for _ in range(2)]
+    for c in caches:
+        c.reserve(9)
+        c.advance(9)
+    caches[0].truncate(4)
+    caches[1].truncate(torch.tensor([4]))
+    assert caches[0].lengths.tolist() == caches[1].lengths.tolist() == [5]
+    assert caches[0].longest == caches[1].longest == 5 and caches[0].exact
+    for bad in (6, -1):
+        with pytest.raises(ValueError, match=r"truncate\(n\): n must lie in \[0, length\]"):
+            caches[0].truncate(bad)
+    assert caches[0].lengths.tolist() == [5]
