@@ -5,7 +5,8 @@ vs the engine's own greedy and sampling, and vs HF assisted generation on the sa
     python -m bench.speculative --smoke --out /tmp/x   # tiny random models, a few seconds
 
 Prompts are slices of validation-split stdlib files (models/training/corpus.py). Every call generates
-exactly --new-tokens tokens per row (min_new_tokens = max_new_tokens). tokens/s = new tokens /
+exactly --new-tokens tokens per row (eos_token_id=None, so no processor runs: the one-row
+speculative path applies, decoding/strategies/speculative_row.py). tokens/s = new tokens /
 wall time of whole calls (prefill included), summed over the prompts; batch 1 runs the prompts one
 at a time, so its tokens/s is that of "4 single-row runs", and batch 4 runs them together. Each
 figure is the median over --runs runs; within a run every method takes its turn on a prompt
@@ -102,7 +103,7 @@ def methods(target, draft, hf_target, hf_draft, batch: int, ks) -> dict:
 
 def _engine(target, kw):
     def call(ids, n):
-        out = decoding.generate(target, ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        out = decoding.generate(target, ids, max_new_tokens=n, eos_token_id=None, **kw)
         s = out.stats
         return out.sequences, dict(target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,
                                    accept=s.accept_rate_by_position, row_tau=s.tau)
@@ -126,7 +127,7 @@ def _hf(hf_target, hf_draft, k, kw):
         before_t = counters.n
         before_d = hf_draft._bench_counter.n if hf_draft is not None else 0
         with torch.inference_mode():
-            seq = hf_target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+            seq = hf_target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, eos_token_id=None,
                                      **extra)
         forwards = counters.n - before_t
         drafts = hf_draft._bench_counter.n - before_d if hf_draft is not None else 0
@@ -285,7 +286,7 @@ def main(argv=None) -> dict:
           f"transformers {info['transformers']}, python {info['python']}; load average after the run "
           f"{os.getloadavg()[0]:.1f} (a shared machine); `python -m bench.speculative "
           f"{' '.join(argv_used)}`.\n",
-          f"{len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens per row (min_new_tokens), "
+          f"{len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens per row (eos off), "
           f"{target.dtype}; "
           f"median of {runs} runs. Target {params['target']:,} parameters, draft {params['draft']:,}. "
           "tokens/s counts whole calls (prefill included) over all prompts; batch 1 = the prompts one at a "
