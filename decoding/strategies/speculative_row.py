@@ -28,6 +28,7 @@ from ..verify import Proposal, Round, _trace, sample_accept
 
 
 def applies(target, draft, prompt, cfg, stop, most: int) -> bool:
+    """Does this call take the one-row path (the module's conditions)?"""
     if prompt.batch_size * cfg.num_return_sequences != 1 or prompt.mask is not None:
         return False
     if prompt.ids.device.type != "cpu" or stop is not None or cfg.output_scores:
@@ -113,8 +114,9 @@ def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> G
             nxt = best[accepted]
         draft_tokens = seq[:, n:n + K].clone() if _trace.get() is not None else None
         row[n + accepted] = nxt  # the correction, or the bonus token after K
-        kept = next((i + 1 for i in range(accepted + 1) if int(row[n + i]) in eos), accepted + 1) if eos \
-            else accepted + 1
+        kept = accepted + 1
+        if eos:  # cut after the first eos
+            kept = next((i + 1 for i in range(kept) if int(row[n + i]) in eos), kept)
         if streamer is not None:
             streamer.put(seq[0, n:n + kept].clone())
         took.append((K, accepted))
