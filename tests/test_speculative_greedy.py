@@ -170,26 +170,30 @@ def test_stop_strings_and_length_dependent_processor_like_hf(mode):
     assert tok.decode(out.sequences[0, ids.shape[1]:]).endswith("\ndef")
 
 
-def test_yoco_target_rolls_back_within_its_window_ring():
-    """YOCO's cache keeps max_rollback tokens of slack in its sliding-window ring: speculative
-    rounds roll back inside it (k = max_rollback) and match YOCO's greedy output (no HF oracle
-    exists for YOCO; its greedy path is checked against a full forward elsewhere)."""
+def yoco_pair():
+    """A random YOCO target (window 8, max_rollback 5) and a draft: the same weights plus noise."""
     from models.yoco import YOCOConfig, YOCODecoder
-
-    def yoco(seed):
-        torch.manual_seed(seed)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
         m = YOCODecoder(YOCOConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, window=8,
                                    max_rollback=5, max_seq_len=128)).eval()
         with torch.no_grad():
             for p in m.parameters():
                 if p.dim() >= 2:
                     p.normal_(0, 0.3)
-        return m
-    target = yoco(0)
-    draft = yoco(0)
+        models.append(m)
     with torch.no_grad():
-        for p in draft.parameters():
+        for p in models[1].parameters():
             p.add_(0.02 * torch.randn_like(p))
+    return models
+
+
+def test_yoco_target_rolls_back_within_its_window_ring():
+    """YOCO's cache keeps max_rollback tokens of slack in its sliding-window ring: speculative
+    rounds roll back inside it (k = max_rollback) and match YOCO's greedy output (no HF oracle
+    exists for YOCO; its greedy path is checked against a full forward elsewhere)."""
+    target, draft = yoco_pair()
     ids, mask = left_pad([[5, 17, 23, 8, 41, 9, 7, 3, 12], [11, 4, 9, 2], [6, 55, 21, 19, 30]])
     ref = decoding.generate(target, ids, attention_mask=mask, max_new_tokens=24, eos_token_id=None).sequences
     out = decoding.generate(target, ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=5,
