@@ -96,6 +96,8 @@ CASES = {
     # runs on. The rollbacks are host ints (a truncate of one row by an int reads nothing)
     "speculative_one_row": (dict(rows=ROWS[:1], assistant_model="draft", num_assistant_tokens=3,
                                  assistant_confidence_threshold=0), 3 + 1, 0),
+    # prompt lookup, one row on a CPU: the verify's logits as numpy (the n-gram search reads the row's numpy view)
+    "prompt_lookup_one_row": (dict(rows=ROWS[:1], prompt_lookup_num_tokens=3), 1, 0),
     # + the n-gram search: text length, guess length, all rows valid
     "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 1),
     "jacobi": (dict(strategy="jacobi", block_size=3), 2, 1),

@@ -1,5 +1,5 @@
-"""Speculative decoding of one row (decoding/strategies/speculative_row.py) gives what the general
-batched loop gives: the same tokens (greedy: and both HF's greedy output; sampling: the same draws
+"""Speculative decoding and prompt lookup of one row (decoding/strategies/speculative_row.py) give
+what the general batched loop gives: the same tokens (greedy: and both HF's greedy output; sampling: the same draws
 under a seed, the general loop being the one checked against the exact distribution), the same
 statistics and the same streamed chunks, for a constant k, the confidence threshold, the heuristic
 schedule, sampling's warpers, an eos inside a round and max_new_tokens cutting a round, on HF,
@@ -13,7 +13,7 @@ from decoding.strategies import speculative_row
 from hf_tiny import hf_greedy, tiny
 from models.cache import StaticCache
 from models.hf_weights import from_hf
-from test_speculative_greedy import char_tokenizer, noisy_copy
+from test_speculative_greedy import char_tokenizer, noisy_copy, yoco_pair
 
 ROW = [5, 17, 23, 8, 41, 9, 77, 3, 12, 60, 33, 7]
 STATS = ("new_tokens", "prefill_tokens", "target_forwards", "draft_forwards", "tau", "accept_rate_by_position",
@@ -24,22 +24,6 @@ STATS = ("new_tokens", "prefill_tokens", "target_forwards", "draft_forwards", "t
 def hf_pair():
     target = tiny("llama")
     return target, noisy_copy(target, "llama", 0.02)
-
-
-def _yoco_pair():
-    from models.yoco import YOCOConfig, YOCODecoder
-    models = []
-    for noise in (0.0, 0.02):
-        torch.manual_seed(0)
-        m = YOCODecoder(YOCOConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, window=8,
-                                   max_rollback=5, max_seq_len=128)).eval()
-        with torch.no_grad():
-            for p in m.parameters():
-                if p.dim() >= 2:
-                    p.normal_(0, 0.3)
-                    p.add_(noise * torch.randn_like(p))
-        models.append(m)
-    return models
 
 
 class Chunks:
@@ -140,6 +124,55 @@ def test_sampling_with_eos_and_native_models():
     assert fast.sequences[0, len(ROW):].tolist() == free[:free.index(eos) + 1]
 
 
+REPEATS = [5, 17, 23, 8, 41, 5, 17, 23, 9, 60, 5, 17, 33, 7, 41, 5, 17]  # n-grams that recur
+
+
+@pytest.mark.parametrize("k,ngram", [(2, 2), (4, 1), (4, 3)])
+def test_prompt_lookup_equals_the_general_loop_and_hf(hf_pair, k, ngram):
+    target = hf_pair[0]
+    ids = torch.tensor([REPEATS])
+    fast, general, chunks = _both(target, ids, prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram,
+                                  max_new_tokens=16, eos_token_id=None)
+    _same(fast, general)
+    assert chunks[0] == chunks[1]
+    assert torch.equal(fast.sequences, hf_greedy(target, ids, None, 16, eos_token_id=None))
+    assert fast.stats.accept_rate_by_position and fast.stats.draft_forwards == 0
+
+
+def test_prompt_lookup_sampling_draws_what_the_general_loop_draws(hf_pair):
+    fast, general, _ = _both(hf_pair[0], torch.tensor([REPEATS]), prompt_lookup_num_tokens=3, max_new_tokens=16,
+                             eos_token_id=None, do_sample=True, seed=2, temperature=0.8)
+    _same(fast, general)
+
+
+def test_prompt_lookup_guesses_past_the_vocabulary(hf_pair):
+    """An embedding padded past the LM head's vocabulary lets the prompt hold ids no logit scores:
+    the n-gram guess marks them invalid (filler 0, never accepted), as the general proposer does.
+    With every logit tied the target's argmax is 0, the filler itself: only the invalid mark keeps
+    it from being accepted."""
+    import copy
+    target = copy.deepcopy(hf_pair[0])
+    old = target.get_input_embeddings()
+    V, dim = old.weight.shape
+    padded = torch.nn.Embedding(V + 8, dim)
+    with torch.no_grad():
+        padded.weight[:V] = old.weight
+    target.set_input_embeddings(padded)
+    ids = torch.tensor([[5, 6, V + 3, 7, 9, 5, 6]])  # the tail 5, 6 recurs before an id >= V
+    fast, general, _ = _both(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None,
+                             do_sample=True, seed=0)
+    _same(fast, general)
+    with torch.no_grad():
+        target.get_output_embeddings().weight.zero_()
+    fast, general, _ = _both(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None)
+    _same(fast, general)
+    assert fast.sequences[0, ids.shape[1]:].tolist() == [0] * 8
+    from decoding.verify import tracing
+    with tracing() as rounds:
+        decoding.generate(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None)
+    assert rounds[0].draft.tolist() == [[0, 7, 9]] and rounds[0].accepted.tolist() == [0]  # [invalid, 7, 9]
+
+
 def test_eos_inside_a_round(hf_pair):
     """An eos the target emits inside a round, with guesses accepted past it: the draft is the
     target itself, so every round takes its 4 guesses and the bonus (tokens 5r .. 5r + 4), and the
@@ -188,7 +221,7 @@ def test_native_and_yoco_pairs():
                              num_assistant_tokens=3, assistant_confidence_threshold=0)
     _same(fast, general)
     assert torch.equal(fast.sequences, hf_greedy(hf_target, ids, None, 16, eos_token_id=None))
-    yt, yd = _yoco_pair()
+    yt, yd = yoco_pair()
     ids = torch.tensor([[5, 17, 23, 8, 41, 9, 7, 3, 12]])
     fast, general, _ = _both(yt, ids, assistant_model=yd, max_new_tokens=24, eos_token_id=None,
                              num_assistant_tokens=5, assistant_confidence_threshold=0)

@@ -68,8 +68,9 @@ def run(model, prompt, cfg, stop=None):
         vocab = min(model.vocab_size, draft.vocab_size)
     check_rollback(schedule.k, name, rows, prompt.width + cfg.max_new_tokens + schedule.most,
                    model=model, assistant_model=draft)
-    if draft is not None and speculative_row.applies(model, draft, prompt, cfg, stop, schedule.most):
-        return speculative_row.run(model, draft, prompt, cfg, schedule, proposer.threshold, vocab)
+    if speculative_row.applies(model, draft, prompt, cfg, stop, schedule.most):
+        return speculative_row.run(model, draft, prompt, cfg, schedule, getattr(proposer, "threshold", 0.0), vocab,
+                                   proposer.max_ngram if draft is None else 2)
     rule = sample_accept if cfg.do_sample else greedy_accept
     return speculate(model, prompt, cfg, stop, proposer, rule, schedule, vocab=vocab)
 

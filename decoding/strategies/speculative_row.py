@@ -1,4 +1,4 @@
-"""Speculative decoding of one row on a CPU with a draft model, its bookkeeping on the host.
+"""Speculative decoding and prompt lookup of one row on a CPU, their bookkeeping on the host.
 
 The general loop (decoding/verify.py, DraftProposer) keeps every row's lengths, counts and stop
 state in tensors so that a batch runs without a host sync per row: ~170 tensor ops a round besides
@@ -12,7 +12,8 @@ tensor ops a round besides the library calls. Sampling runs the general loop's a
 order, so under a seed it draws the same tokens. Same tokens, statistics and caches' contents as
 the general loop (tests/test_speculative_row.py runs both), so it is taken wherever it applies: one
 row on a CPU, no pads, no logits processor but sampling's warpers (temperature, top-k, top-p,
-min-p), no stop strings or scores to return, caches not clamped.
+min-p), no stop strings or scores to return, caches not clamped. Prompt lookup's n-gram search
+(NgramProposer) runs on the row's numpy view.
 """
 from __future__ import annotations
 
@@ -28,17 +29,17 @@ from ..verify import Proposal, Round, _trace, sample_accept
 
 
 def applies(target, draft, prompt, cfg, stop, most: int) -> bool:
-    """Does this call take the one-row path (the module's conditions)?"""
+    """Does this call take the one-row path (the module's conditions)? draft None: prompt lookup."""
     if prompt.batch_size * cfg.num_return_sequences != 1 or prompt.mask is not None:
         return False
     if prompt.ids.device.type != "cpu" or stop is not None or cfg.output_scores:
         return False
-    pipe = Pipeline(cfg, min(target.vocab_size, draft.vocab_size), prompt.ids.device)
+    vocab = target.vocab_size if draft is None else min(target.vocab_size, draft.vocab_size)
+    pipe = Pipeline(cfg, vocab, prompt.ids.device)
     if pipe.penalty or pipe.eos_ids is not None or pipe.user or pipe.rules.active:  # processors with a context
         return False
     width = prompt.width
-    return not (cache_size(target, width, cfg.max_new_tokens, most)[1] or
-                cache_size(draft, width, cfg.max_new_tokens, most)[1])
+    return not any(cache_size(m, width, cfg.max_new_tokens, most)[1] for m in (target, draft) if m is not None)
 
 
 def _host(logits: Tensor) -> np.ndarray:
@@ -47,16 +48,20 @@ def _host(logits: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> GenerationOutput:
-    """Rounds of: the draft guesses up to k tokens from what it has not read yet, the target scores
+def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int, max_ngram: int = 2) -> GenerationOutput:
+    """Rounds of: the draft (draft None: the row's last n-gram earlier in its text, as
+    NgramProposer) guesses up to k tokens from what it has not read yet, the target scores
     [pending, guesses] in one forward, the acceptance rule (greedy: the longest prefix equal to the
     target's argmax, then its argmax; sampling: modified rejection sampling) keeps a prefix and
     one more token, both caches roll back to what was kept."""
     ids, max_new = prompt.ids, cfg.max_new_tokens
     T = ids.shape[1]
     size = cache_size(target, T, max_new, schedule.most)[0]
-    cache, dcache = target.new_cache(1, size), draft.new_cache(1, cache_size(draft, T, max_new, schedule.most)[0])
-    forward, dforward = target.forward_on(cache), draft.forward_on(dcache)
+    cache = target.new_cache(1, size)
+    forward = target.forward_on(cache)
+    if draft is not None:
+        dcache = draft.new_cache(1, cache_size(draft, T, max_new, schedule.most)[0])
+        dforward = draft.forward_on(dcache)
     sample = cfg.do_sample
     warp = Pipeline(cfg, vocab, ids.device).warp
     generator = sampling.make_generator(cfg.seed, cfg.generator, ids.device) if sample else None
@@ -76,8 +81,10 @@ def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> G
     while True:
         emitted = n - T
         k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
-        K, qs = 0, []
-        if k:
+        K, qs, valid = 0, [], None
+        if k and draft is None:
+            K, valid = _lookup(row, n, k, max_ngram, vocab)
+        elif k:
             feed = seq[:, dseen:n]
             for j in range(k):
                 drafts += 1
@@ -104,12 +111,14 @@ def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> G
             scores = logits[..., :vocab].float()
             if warp is not None:
                 scores = warp(scores.reshape(K + 1, -1)).view(1, K + 1, -1)
-            a, nxt = sample_accept(Proposal(seq[:, n:n + K], torch.stack(qs, 1) if qs else None), scores, generator)
+            proposal = Proposal(seq[:, n:n + K], torch.stack(qs, 1) if qs else None,
+                                None if valid is None else torch.from_numpy(valid)[None])
+            a, nxt = sample_accept(proposal, scores, generator)
             accepted, nxt = torch.stack([a[0], nxt[0]]).tolist()
         else:
             best = _host(logits)[0, :, :vocab].argmax(-1)  # (K + 1,)
             accepted = 0
-            while accepted < K and row[n + accepted] == best[accepted]:
+            while accepted < K and row[n + accepted] == best[accepted] and (valid is None or valid[accepted]):
                 accepted += 1
             nxt = best[accepted]
         draft_tokens = seq[:, n:n + K].clone() if _trace.get() is not None else None
@@ -129,7 +138,7 @@ def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> G
         # the target keeps the pending tokens and the kept drafts; the draft what it read of the row
         cache.truncate(K + 1 - kept)
         good = n + min(accepted, K - 1, kept)  # fed guesses that stayed in the row
-        if K and dseen > good:
+        if K and draft is not None and dseen > good:
             dcache.truncate(dseen - good)
             dseen = good
         n, seen = n + kept, n + kept - 1
@@ -137,8 +146,30 @@ def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int) -> G
             break
     if streamer is not None:
         streamer.end()
-    return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, rounds, drafts, took,
-                                                               cache.nbytes() + dcache.nbytes()))
+    nbytes = cache.nbytes() + (0 if draft is None else dcache.nbytes())
+    return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, rounds, drafts, took, nbytes))
+
+
+def _lookup(row: np.ndarray, n: int, k: int, max_ngram: int, vocab: int) -> tuple[int, np.ndarray | None]:
+    """NgramProposer.propose for one row holding row[:n], its guesses written to row[n:n + K]: for
+    m from max_ngram down to 1, the first earlier occurrence of the row's last m tokens (m < n) with
+    a continuation; up to k tokens after it, ids >= vocab marked invalid (their count is K, as the
+    general proposer counts). Returns (K, valid (K,) bool or None where all are)."""
+    text = row[:n]
+    for m in range(max_ngram, 0, -1):
+        if n - m < 1:
+            continue
+        hits = (np.lib.stride_tricks.sliding_window_view(text[:n - 1], m) == text[n - m:]).all(1)
+        if hits.any():
+            start = int(hits.argmax()) + m
+            break
+    else:
+        return 0, None
+    guess = text[start:start + k].copy()
+    ok = guess < vocab
+    K = int(ok.sum())
+    row[n:n + K] = np.where(ok[:K], guess[:K], 0)
+    return K, None if ok[:K].all() else ok[:K].copy()
 
 
 def _confidence(logits: Tensor, qs: list, guess: int, vocab: int) -> float:
