@@ -15,8 +15,9 @@ guess is below `assistant_confidence_threshold` (in every row); set it to 0 for 
 The "heuristic" schedule (+2 after a round in which every running row accepted everything, -1
 otherwise) lives for one call: the assistant's config is not updated.
 
-One row, greedy, with a draft and no processor (the usual call) runs strategies/speculative_row.py:
-the same rounds with their bookkeeping on the host, the same tokens and statistics.
+One row on a CPU with no logits processor but sampling's warpers (the usual call), draft or prompt
+lookup, runs strategies/speculative_row.py: the same rounds with their bookkeeping on the host, the
+same tokens, draws and statistics.
 
 Batch > 1 (HF's assisted generation is batch 1 only): rows accept different numbers of tokens;
 caches roll back per row; a round guesses at most one token fewer than the running row closest to
@@ -69,8 +70,9 @@ def run(model, prompt, cfg, stop=None):
     check_rollback(schedule.k, name, rows, prompt.width + cfg.max_new_tokens + schedule.most,
                    model=model, assistant_model=draft)
     if speculative_row.applies(model, draft, prompt, cfg, stop, schedule.most):
-        return speculative_row.run(model, draft, prompt, cfg, schedule, getattr(proposer, "threshold", 0.0), vocab,
-                                   proposer.max_ngram if draft is None else 2)
+        if draft is None:
+            return speculative_row.run(model, None, prompt, cfg, schedule, vocab, max_ngram=proposer.max_ngram)
+        return speculative_row.run(model, draft, prompt, cfg, schedule, vocab, threshold=proposer.threshold)
     rule = sample_accept if cfg.do_sample else greedy_accept
     return speculate(model, prompt, cfg, stop, proposer, rule, schedule, vocab=vocab)
 

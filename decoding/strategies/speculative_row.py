@@ -48,7 +48,8 @@ def _host(logits: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def run(target, draft, prompt, cfg, schedule, threshold: float, vocab: int, max_ngram: int = 2) -> GenerationOutput:
+def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 0.0,
+        max_ngram: int = 2) -> GenerationOutput:
     """Rounds of: the draft (draft None: the row's last n-gram earlier in its text, as
     NgramProposer) guesses up to k tokens from what it has not read yet, the target scores
     [pending, guesses] in one forward, the acceptance rule (greedy: the longest prefix equal to the
