@@ -1,10 +1,10 @@
 """Speculative decoding and prompt lookup of one row (decoding/strategies/speculative_row.py) give
-what the general batched loop gives: the same tokens (greedy: and both HF's greedy output; sampling: the same draws
-under a seed, the general loop being the one checked against the exact distribution), the same
-statistics and the same streamed chunks, for a constant k, the confidence threshold, the heuristic
-schedule, sampling's warpers, an eos inside a round and max_new_tokens cutting a round, on HF,
-native and YOCO pairs. It is taken
-exactly where it applies, and records the same rounds under verify.tracing()."""
+what the general batched loop gives: the same tokens (greedy: and both HF's greedy output;
+sampling: the same draws under a seed, the general loop being the one checked against the exact
+distribution), the same statistics and the same streamed chunks, for a constant k, the confidence
+threshold, the heuristic schedule, sampling's warpers, an eos inside a round, max_new_tokens cutting
+a round and n-gram guesses past the vocabulary, on HF, native and YOCO pairs. It is taken exactly
+where it applies, and records the same rounds under verify.tracing()."""
 import pytest
 import torch
 
