@@ -18,6 +18,7 @@ YOCO equal to a build without it (comments aside).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from unittest import mock
 
 import torch
@@ -45,15 +46,16 @@ def keep_fresh_values():
     from torch.fx.experimental.symbolic_shapes import statically_known_true
     same = getattr(fx_utils, "_is_fake_tensor_same", None)
     storage = getattr(fx_utils, "get_storage", None)
-    if same is None or storage is None:
+    if same is None or storage is None or \
+            not {"check_strides", "check_storage", "node"} <= set(inspect.signature(same).parameters):
         return contextlib.nullcontext()
 
-    def kept(new, old, existing_storages, *, check_strides=True, check_storage=True, node=None,
-             recursive_ids=None):
-        if same(new, old, existing_storages, check_strides=check_strides, check_storage=check_storage, node=node,
-                recursive_ids=recursive_ids):
+    def kept(new, old, existing_storages, **kw):
+        if same(new, old, existing_storages, **kw):
             return True
-        return (check_storage and node is not None and isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor)
+        node, check_strides = kw.get("node"), kw.get("check_strides", True)
+        return (kw.get("check_storage", True) and node is not None
+                and isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor)
                 and torch._C._has_storage(new) and torch._C._has_storage(old) and _fresh(node.target)
                 and same(new, old, existing_storages, check_strides=check_strides, check_storage=False)
                 and statically_known_true(new.storage_offset() == old.storage_offset())
