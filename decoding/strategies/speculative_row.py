@@ -78,7 +78,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
     n = T  # tokens the row holds (prompt + kept)
     seen = 0  # of them, read by the target (the rest is pending)
     dseen = 0  # tokens in the draft's cache (a prefix of the row, then fed guesses)
-    rounds, drafts, took = 0, 0, []  # target forwards, draft forwards, (K, accepted) of each round
+    drafts, took = 0, []  # draft forwards; (K, accepted) of each round, one target forward each
     while True:
         emitted = n - T
         k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
@@ -105,7 +105,6 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
                     break
                 feed = seq[:, n + j:n + K]
             dseen = n + K - 1  # the last guess is never fed to the draft
-        rounds += 1
         logits = forward(seq[:, seen:n + K], None, K + 1)  # (1, K + 1, V)
         scores = None
         if sample:
@@ -138,17 +137,18 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
             _trace.get().append(_round(draft_tokens, scores, int(nxt), accepted, kept))
         # the target keeps the pending tokens and the kept drafts; the draft what it read of the row
         cache.truncate(K + 1 - kept)
-        good = n + min(accepted, K - 1, kept)  # fed guesses that stayed in the row
-        if K and draft is not None and dseen > good:
-            dcache.truncate(dseen - good)
-            dseen = good
+        if K and draft is not None:
+            good = n + min(accepted, K - 1, kept)  # fed guesses that stayed in the row
+            if dseen > good:
+                dcache.truncate(dseen - good)
+                dseen = good
         n, seen = n + kept, n + kept - 1
         if int(row[n - 1]) in eos or n - T >= max_new:
             break
     if streamer is not None:
         streamer.end()
     nbytes = cache.nbytes() + (0 if draft is None else dcache.nbytes())
-    return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, rounds, drafts, took, nbytes))
+    return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, drafts, took, nbytes))
 
 
 def _lookup(row: np.ndarray, n: int, k: int, max_ngram: int, vocab: int) -> tuple[int, np.ndarray | None]:
@@ -188,8 +188,9 @@ def _round(draft: Tensor, scores: Tensor, nxt: int, accepted: int, kept: int) ->
     return Round(draft, scores, counts[:, 0], tokens, counts[:, 1], torch.ones(1, dtype=torch.bool))
 
 
-def _stats(new: int, rounds: int, drafts: int, took: list[tuple[int, int]], nbytes: int) -> GenerationStats:
+def _stats(new: int, drafts: int, took: list[tuple[int, int]], nbytes: int) -> GenerationStats:
     """DecodeState.stats() of the same run: every round has its one row running."""
+    rounds = len(took)
     most = max((K for K, _ in took), default=0)
     rates = []
     if most:
