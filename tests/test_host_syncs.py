@@ -104,6 +104,8 @@ CASES = {
     "gs_jacobi": (dict(strategy="gs_jacobi", block_size=3), 4, 1),  # + the block's rest, all rows valid
     "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2, 1),
     "blockwise": (dict(strategy="blockwise", block_size=3), 2, 1),
+    # one row on a CPU: the numpy views of each head's logits (3) and of the verify's
+    "blockwise_one_row": (dict(rows=ROWS[:1], strategy="blockwise", block_size=3), 3 + 1, 0),
     # a YOCO target (its ring of recent keys: finished rows masked, a floor on rollback)
     "speculative_yoco": (dict(target="yoco", assistant_model="draft", num_assistant_tokens=3,
                               assistant_confidence_threshold=0), 3, 1 + 1),
@@ -124,7 +126,7 @@ def test_host_reads_per_round(name):
             for p in draft.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
         kw["assistant_model"] = draft
-    if name == "blockwise":
+    if name.startswith("blockwise"):
         kw["heads"] = BlockwiseHeads(32, 3, config=HeadsConfig.for_target(target, 3))
     assert per_round(target, **kw) == (in_decoding, in_models)
 

@@ -15,7 +15,8 @@ emits up to block_size + 1 tokens, which is the paper's block size k (it counts 
 p_1). heads = a directory or a heads module (models.heads: the paper's independent BlockwiseHeads,
 or HydraHeads, which also read the token before each guess); default the shipped heads, for the
 shipped target only (models.heads.default_heads recognises it by config and weights). Rounds run in verify.speculate, so
-whatever it records per round (verify.Round) covers blockwise too.
+whatever it records per round (verify.Round) covers blockwise too; one row on a CPU runs the same
+rounds with host bookkeeping (strategies/speculative_row.py), as speculative decoding does.
 
 Processors: the target's scores are processed per position exactly as greedy processes them
 (repetition penalty, min_new_tokens, logits_processor), so exact acceptance stays identical to
@@ -36,6 +37,7 @@ from torch import Tensor
 from ..capabilities import check_rollback, proposal_heads
 from ..output import GenerationOutput
 from ..verify import Constant, Proposal, Proposer, Round, Setup, greedy_accept, process, speculate
+from . import speculative_row
 
 DEFAULT_TOP_K = 2  # acceptance="topk" without acceptance_top_k
 
@@ -121,8 +123,8 @@ def run(model, prompt, cfg, stop=None) -> GenerationOutput:
     heads = resolve_heads(model, cfg.heads, cfg.block_size)
     k = heads.k
     check_rollback(k, "block_size", prompt.batch_size, prompt.width + cfg.max_new_tokens + k, model=model)
-    if cfg.acceptance == "topk":
-        rule = topk_accept(cfg.acceptance_top_k or DEFAULT_TOP_K)
-    else:
-        rule = greedy_accept
+    top_k = (cfg.acceptance_top_k or DEFAULT_TOP_K) if cfg.acceptance == "topk" else None
+    if speculative_row.applies(model, None, prompt, cfg, stop, k):  # one row on a CPU: host bookkeeping
+        return speculative_row.run(model, None, prompt, cfg, Constant(k), model.vocab_size, heads=heads, top_k=top_k)
+    rule = greedy_accept if top_k is None else topk_accept(top_k)
     return speculate(model, prompt, cfg, stop, HeadsProposer(model, heads), rule, Constant(k))

@@ -1,4 +1,5 @@
-"""Speculative decoding and prompt lookup of one row on a CPU, their bookkeeping on the host.
+"""Speculative decoding, prompt lookup and blockwise parallel decoding of one row on a CPU, their
+bookkeeping on the host.
 
 The general loop (decoding/verify.py, DraftProposer) keeps every row's lengths, counts and stop
 state in tensors so that a batch runs without a host sync per row: ~170 tensor ops a round besides
@@ -13,7 +14,9 @@ order, so under a seed it draws the same tokens. Same tokens, statistics and cac
 the general loop (tests/test_speculative_row.py runs both), so it is taken wherever it applies: one
 row on a CPU, no pads, no logits processor but sampling's warpers (temperature, top-k, top-p,
 min-p), no stop strings or scores to return, caches not clamped. Prompt lookup's n-gram search
-(NgramProposer) runs on the row's numpy view.
+(NgramProposer) runs on the row's numpy view; blockwise's heads (HeadsProposer) guess from the
+verify's hidden state at the kept position, only as many heads as the next round uses (they are
+sequential: the same first guesses), each guess the numpy argmax of its logits.
 """
 from __future__ import annotations
 
@@ -49,12 +52,13 @@ def _host(logits: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 0.0,
-        max_ngram: int = 2) -> GenerationOutput:
+        max_ngram: int = 2, heads=None, top_k: int | None = None) -> GenerationOutput:
     """Rounds of: the draft (draft None: the row's last n-gram earlier in its text, as
-    NgramProposer) guesses up to k tokens from what it has not read yet, the target scores
-    [pending, guesses] in one forward, the acceptance rule (greedy: the longest prefix equal to the
-    target's argmax, then its argmax; sampling: modified rejection sampling) keeps a prefix and
-    one more token, both caches roll back to what was kept."""
+    NgramProposer; heads given: blockwise's heads on the last verify's hidden state) guesses up to
+    k tokens from what it has not read yet, the target scores [pending, guesses] in one forward,
+    the acceptance rule (greedy: the longest prefix equal to the target's argmax, then its argmax;
+    top_k: blockwise's lossy rule, while a guess is within the target's top_k; sampling: modified
+    rejection sampling) keeps a prefix and one more token, both caches roll back to what was kept."""
     ids, max_new = prompt.ids, cfg.max_new_tokens
     T = ids.shape[1]
     size = cache_size(target, T, max_new, schedule.most)[0]
@@ -79,11 +83,18 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
     seen = 0  # of them, read by the target (the rest is pending)
     dseen = 0  # tokens in the draft's cache (a prefix of the row, then fed guesses)
     drafts, took = 0, []  # draft forwards; (K, accepted) of each round, one target forward each
+    guess_from = None  # blockwise: (hidden (1, dim), token) the heads guess after; none before the prefill
+    firsts = {}  # blockwise: the first k heads, per k
     while True:
         emitted = n - T
         k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
         K, qs, valid = 0, [], None
-        if k and draft is None:
+        if heads is not None:
+            if k and guess_from is not None:
+                sub = firsts.setdefault(k, heads if k == heads.k else heads.first(k))
+                row[n:n + k] = _heads_guess(sub, *guess_from, target, vocab)
+                K = k
+        elif k and draft is None:
             K, valid = _lookup(row, n, k, max_ngram, vocab)
         elif k:
             feed = seq[:, dseen:n]
@@ -105,7 +116,10 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
                     break
                 feed = seq[:, n + j:n + K]
             dseen = n + K - 1  # the last guess is never fed to the draft
-        logits = forward(seq[:, seen:n + K], None, K + 1)  # (1, K + 1, V)
+        if heads is None:
+            logits = forward(seq[:, seen:n + K], None, K + 1)  # (1, K + 1, V)
+        else:
+            logits, hidden = forward(seq[:, seen:n + K], None, K + 1, return_hidden=True)
         scores = None
         if sample:
             scores = logits[..., :vocab].float()
@@ -116,13 +130,20 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
             a, nxt = sample_accept(proposal, scores, generator)
             accepted, nxt = torch.stack([a[0], nxt[0]]).tolist()
         else:
-            best = _host(logits)[0, :, :vocab].argmax(-1)  # (K + 1,)
+            host = _host(logits)[0, :, :vocab]
+            best = host.argmax(-1)  # (K + 1,)
             accepted = 0
-            while accepted < K and row[n + accepted] == best[accepted] and (valid is None or valid[accepted]):
-                accepted += 1
+            if top_k is None:
+                while accepted < K and row[n + accepted] == best[accepted] and (valid is None or valid[accepted]):
+                    accepted += 1
+            else:
+                while accepted < K and _within(host[accepted], int(row[n + accepted]), top_k):
+                    accepted += 1
             nxt = best[accepted]
         draft_tokens = seq[:, n:n + K].clone() if _trace.get() is not None else None
         row[n + accepted] = nxt  # the correction, or the bonus token after K
+        if heads is not None:  # the heads guess after the round's own token, from its hidden state
+            guess_from = hidden[:, accepted], int(nxt)
         kept = accepted + 1
         if eos:  # cut after the first eos
             kept = next((i + 1 for i in range(kept) if int(row[n + i]) in eos), kept)
@@ -171,6 +192,27 @@ def _lookup(row: np.ndarray, n: int, k: int, max_ngram: int, vocab: int) -> tupl
     K = int(ok.sum())
     row[n:n + K] = np.where(ok[:K], guess[:K], 0)
     return K, None if ok[:K].all() else ok[:K].copy()
+
+
+def _heads_guess(heads, hidden: Tensor, token: int, target, vocab: int) -> list[int]:
+    """HeadsProposer's guesses after `token` from `hidden` (1, dim): each the first maximum of its
+    head's logits (no processors on this path), kept as host ints as they are picked."""
+    picked = []
+
+    def pick(j, logits, guess):
+        best = _host(logits)[:, :vocab].argmax(-1)
+        picked.append(int(best[0]))
+        return torch.from_numpy(best)
+    heads.propose(hidden, torch.tensor([token]), target, pick)
+    return picked
+
+
+def _within(scores: np.ndarray, guess: int, top_k: int) -> bool:
+    """blockwise.topk_accept for one position: the guess scores at least the top_k-th best (ties
+    inside) and is not suppressed."""
+    t = min(top_k, scores.shape[0])
+    kth = np.partition(scores, -t)[-t]
+    return bool(scores[guess] >= kth and scores[guess] > -np.inf)
 
 
 def _confidence(logits: Tensor, qs: list, guess: int, vocab: int) -> float:
