@@ -150,3 +150,18 @@ def test_num_return_sequences_layout():
     assert torch.equal(out.sequences[:, :ids.shape[1]], ids.repeat_interleave(3, 0))  # HF's row order
     assert len({tuple(r) for r in out.sequences[:3, ids.shape[1]:].tolist()}) > 1  # draws differ
     assert out.stats.new_tokens == 6 * 8 and out.stats.prefill_tokens == 7  # one prefill per prompt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_top_k_keeps_what_hf_keeps(dtype):
+    """processors.top_k (numpy's selection of the k-th value for float32 on CPU, torch.topk
+    otherwise) against HF's TopKLogitsWarper: ties at the k-th value, removed tokens, k past the
+    vocabulary, a strided row."""
+    g = torch.Generator().manual_seed(0)
+    for V in (1, 7, 4096):
+        for k in (1, 2, 5, V, V + 3):
+            s = torch.randint(-3, 4, (6, V), generator=g).to(dtype)
+            s[0, :V // 2] = float("-inf")
+            ref = TopKLogitsWarper(k)(None, s)
+            assert torch.equal(REAL_TOP_K(s, k), ref), (V, k)
+            assert torch.equal(REAL_TOP_K(s.t().contiguous().t(), k), ref), (V, k)
