@@ -27,7 +27,7 @@ import decoding
 from bench.common import code_prompts, machine, markdown_table, write_results
 from models.artifacts import SHIPPED
 
-KS = (2, 4, 6)
+KS = (1, 2, 4, 6)
 TOP_KS = (2, 3)
 
 
@@ -128,7 +128,7 @@ def plot(out: Path, rows: list[dict], device: str, stem: str = "blockwise") -> N
                                                                   "tab:blue" if r["acceptance"] == "exact" else
                                                                   "tab:orange" for r in sel])
     a.set_yticks(range(len(sel)), [r["method"] for r in sel], fontsize=8)
-    a.axvline(1.5, color="k", ls=":", label="goal 1.5x (exact)")
+    a.axvline(1.2, color="k", ls=":", label="goal 1.2x (exact)")
     a.set(xlabel="tokens/s over greedy (batch 1, whole calls)", title=f"blockwise decoding, {device}")
     a.invert_yaxis()
     a.legend()
@@ -162,8 +162,8 @@ def goals(rows: list[dict]) -> str:
         "## Goals (CPU, batch 1, exact acceptance)\n",
         f"- <= 0.5 target forwards per generated token: best measured {best_f['target_forwards_per_token']:.3f} "
         f"({best_f['method']}) - {'met' if best_f['target_forwards_per_token'] <= 0.5 else 'missed'}",
-        f"- >= 1.5x greedy tokens/s: best measured {best_x['x_greedy']:.2f}x ({best_x['method']}) - "
-        f"{'met' if best_x['x_greedy'] >= 1.5 else 'missed'}"])
+        f"- >= 1.2x greedy tokens/s (the CPU issue's goal): best measured {best_x['x_greedy']:.2f}x "
+        f"({best_x['method']}) - {'met' if best_x['x_greedy'] >= 1.2 else 'missed'}"])
 
 
 COLUMNS = ["batch", "method", "tokens_per_s", "x_greedy", "target_forwards_per_token", "tau",
