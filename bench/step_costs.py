@@ -6,12 +6,12 @@ goals (speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x sampling, 
     python -m bench.step_costs --smoke --out /tmp/x   # tiny random models, a few seconds
 
 1. Forwards alone: median ms of the shipped target at T = 1 (a greedy step) and T = k + 1 (a verify
-   block), of the draft's decode step and of the hydra heads' k guesses; the target's and the
+   block), of the draft's decode step and of the hydra heads' --blockwise-k guesses; the target's and the
    draft's step also compiled (models/compiled_cpu.py, built or loaded from its disk cache;
    --no-compile skips it). Whole calls (part 2) run with the default: compiled where available.
    Items take turns in each repetition, so noise bursts hit all alike.
 2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round), exact blockwise (heads,
-   k), sampling and speculative sampling (seed 0, HF's sampling defaults) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
+   --blockwise-k, default 1: its fastest on this CPU, bench.blockwise), sampling and speculative sampling (seed 0, HF's sampling defaults) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
    call's wall time is the loop's own bookkeeping. Each call counts from the end of its first target
    forward (the prefill; on the skeleton it also verifies round 1's guesses).
 3. Arithmetic from part 2, per goal: x the base mode = tau * g / round (g: the base's ms per token;
@@ -123,7 +123,7 @@ def forwards_alone(target, draft, heads, k: int, context: int, reps: int, calls:
             "target step (T = 1)": lambda: step(target, False, one, ct, 1),
             f"target verify (T = {k + 1})": lambda: step(target, False, block, ct),
             "draft step (T = 1)": lambda: step(draft, False, one, cd, 1),
-            f"heads: {k} guesses": lambda: heads.propose(h, first, target, lambda j, s, guess: s.argmax(-1)),
+            f"heads: {heads.k} guess(es)": lambda: heads.propose(h, first, target, lambda j, s, guess: s.argmax(-1)),
         }
         if compile_steps:  # the compiled CPU step (models/compiled_cpu.py; the CPU analogue of CUDA graphs)
             for label, model, cache in (("draft", draft, cd), ("target", target, ct)):
@@ -153,7 +153,7 @@ def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dic
                 num_assistant_tokens_schedule="constant")
     sample = dict(do_sample=True, seed=0)  # HF's sampling defaults (top_k 50)
     modes = {"greedy": {}, f"speculative k={k}": spec,
-             f"blockwise exact k={k}": dict(strategy="blockwise", heads=heads, block_size=k),
+             f"blockwise exact k={heads.k}": dict(strategy="blockwise", heads=heads, block_size=heads.k),
              "sampling": sample, f"speculative sampling k={k}": {**spec, **sample}}
     for kw in modes.values():
         decoding.generate(target, [prompts[0][:8]], max_new_tokens=4, eos_token_id=None, **kw)  # warm up
@@ -212,7 +212,7 @@ def goal_rows(label: str, base: str, tau: float, g: float, parts: dict, goal: fl
     ]
 
 
-def arithmetic(calls: dict, k: int) -> list[dict]:
+def arithmetic(calls: dict, k: int, bk: int) -> list[dict]:
     """The speed goals of the CPU issue: speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x
     sampling, exact blockwise >= 1.2x greedy (each against the engine's own compiled step)."""
     g, gs = calls["greedy"]["ms_per_token"], calls["sampling"]["ms_per_token"]
@@ -224,8 +224,8 @@ def arithmetic(calls: dict, k: int) -> list[dict]:
         rows += goal_rows(label, base, c["tokens_per_round"], ms, {
             "verify": c["target_ms"], "draft steps": c["draft_steps_per_round"] * c["draft_ms"],
             "bookkeeping": c["bookkeeping_ms_per_round"]}, goal)
-    b = calls[f"blockwise exact k={k}"]
-    rows += goal_rows(f"blockwise exact k={k}", "greedy", b["tokens_per_round"], g, {
+    b = calls[f"blockwise exact k={bk}"]
+    rows += goal_rows(f"blockwise exact k={bk}", "greedy", b["tokens_per_round"], g, {
         "verify": b["target_ms"], "heads": b["heads_ms"], "bookkeeping": b["bookkeeping_ms_per_round"]}, 1.2)
     return rows
 
@@ -235,6 +235,7 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny random models (a test of the script)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
     ap.add_argument("--k", type=int, default=4, help="guesses per round (both goals are stated at k = 4)")
+    ap.add_argument("--blockwise-k", type=int, default=1, help="blockwise's heads a round (its goal names none)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=96)
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -251,7 +252,8 @@ def main(argv=None):
         from bench.speculative import random_prompts, tiny_pair
         from models.heads import BlockwiseHeads, HeadsConfig
         target, draft = tiny_pair()
-        heads = BlockwiseHeads(target.config.dim, k, config=HeadsConfig.for_target(target, k))
+        bk = args.blockwise_k
+        heads = BlockwiseHeads(target.config.dim, bk, config=HeadsConfig.for_target(target, bk))
         prompts, n = random_prompts(2, 12, target.vocab_size), 8
         reps, calls, runs = 2, 3, 1
     else:
@@ -260,13 +262,14 @@ def main(argv=None):
         target = load(SHIPPED / "target", dtype=torch.float32)
         draft = load(SHIPPED / "draft", dtype=torch.float32)
         heads = load_heads(SHIPPED / "heads", target)
-        heads = heads if heads.k == k else heads.first(k)  # the module blockwise will call (timed in part 2)
+        bk = args.blockwise_k
+        heads = heads if heads.k == bk else heads.first(bk)  # the module blockwise will call (timed in part 2)
         prompts, n = code_prompts(args.prompts, args.prompt_len), args.new_tokens
         reps, calls, runs = args.reps, args.calls, args.runs
     alone = forwards_alone(target, draft, heads, k, len(prompts[0]), reps, calls, not args.no_compile)
     print(markdown_table(alone, ["item", "ms"]), flush=True)
     calls_ = whole_calls(target, draft, heads, prompts, k, n, runs)
-    sums = arithmetic(calls_, k)
+    sums = arithmetic(calls_, k, heads.k)
     columns = ["method", "rounds", "tokens_per_round", "ms_per_token", "target_ms", "draft_ms", "draft_steps_per_round",
                "heads_ms",
                "bookkeeping_ms_per_round"]
@@ -274,7 +277,7 @@ def main(argv=None):
 
     info = machine()
     argv_used = sys.argv[1:] if argv is None else list(argv)
-    payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "k": k,
+    payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "k": k, "blockwise_k": heads.k,
                "prompts": len(prompts), "prompt_len": len(prompts[0]), "new_tokens": n,
                "forwards_alone": alone, "calls": calls_, "arithmetic": sums}
     md = ["# Step costs: where a round's time goes, and what the speed goals need\n",

@@ -23,6 +23,6 @@ def test_step_costs_smoke(tmp_path):
     round_ms = spec["target_ms"] + spec["draft_steps_per_round"] * spec["draft_ms"] + spec["bookkeeping_ms_per_round"]
     assert abs(x - spec["tokens_per_round"] * calls["greedy"]["ms_per_token"] / round_ms) < 1e-9
     assert "speculative sampling k=4: x sampling = tau * g / round (goal 1.1x)" in goals
-    assert calls["speculative k=4"]["draft_steps_per_round"] > 0 and calls["blockwise exact k=4"]["heads_ms"] > 0
+    assert calls["speculative k=4"]["draft_steps_per_round"] > 0 and calls["blockwise exact k=1"]["heads_ms"] > 0
     assert {r["item"] for r in res["forwards_alone"]} >= {"target step (T = 1)", "target verify (T = 5)",
-                                                         "draft step (T = 1)", "heads: 4 guesses"}
+                                                         "draft step (T = 1)", "heads: 1 guess(es)"}
