@@ -83,7 +83,9 @@ def per_round(target, rows=ROWS, **kw) -> tuple[int, int]:
 # truncate reads its range check, its floor check (max_rollback) and the new longest length at once.
 CASES = {
     "greedy": (dict(), 1, 0),  # all_finished
-    "sampling": (dict(do_sample=True, top_k=10, seed=0), 1, 0),
+    # + top-k's numpy selection of the k-th score (processors.top_k): a view of CPU scores, no sync on
+    # the CPU, the only device it runs on (a GPU's scores take torch.topk)
+    "sampling": (dict(do_sample=True, top_k=10, seed=0), 1 + 1, 0),
     "beam": (dict(num_beams=3), 1, 1),  # the rows-done test
     # verify loop: the probe (running rows, tokens left) + all_finished; the draft: what it has not seen
     "speculative": (dict(assistant_model="draft", num_assistant_tokens=3, assistant_confidence_threshold=0),
@@ -102,7 +104,7 @@ CASES = {
     "prompt_lookup": (dict(prompt_lookup_num_tokens=3), 5, 1),
     "jacobi": (dict(strategy="jacobi", block_size=3), 2, 1),
     "gs_jacobi": (dict(strategy="gs_jacobi", block_size=3), 4, 1),  # + the block's rest, all rows valid
-    "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2, 1),
+    "sjd": (dict(strategy="sjd", do_sample=True, block_size=3, seed=0), 2 + 1, 1),  # + top-k's selection
     "blockwise": (dict(strategy="blockwise", block_size=3), 2, 1),
     # one row on a CPU: the numpy views of each head's logits (3) and of the verify's
     "blockwise_one_row": (dict(rows=ROWS[:1], strategy="blockwise", block_size=3), 3 + 1, 0),

@@ -1,7 +1,8 @@
 """Speculative decoding and prompt lookup of one row (decoding/strategies/speculative_row.py) give
 what the general batched loop gives: the same tokens (greedy: and both HF's greedy output;
-sampling: the same draws under a seed, the general loop being the one checked against the exact
-distribution), the same statistics and the same streamed chunks, for a constant k, the confidence
+sampling with top-p or min-p: the same draws under a seed, the general loop being the one checked
+against the exact distribution; with temperature and top-k only the row samples on the host,
+tests/test_row_sampling.py, and is checked here for its rounds), the same statistics and the same streamed chunks, for a constant k, the confidence
 threshold, the heuristic schedule, sampling's warpers, an eos inside a round, max_new_tokens cutting
 a round and n-gram guesses past the vocabulary, on HF, native and YOCO pairs. It is taken exactly
 where it applies, and records the same rounds under verify.tracing()."""
@@ -89,12 +90,17 @@ def test_hf_pair_equals_the_general_loop_and_hf(hf_pair, setting, max_new):
         assert 0 < fast.stats.accept_rate_by_position[0] < 1 and fast.stats.tau > 1
 
 
-SAMPLING = {
-    "defaults": dict(num_assistant_tokens=4, assistant_confidence_threshold=0),  # the model's top_k 50
+SAMPLING = {  # top-p / min-p: the general loop's torch arithmetic, so the same draws
     "warpers": dict(num_assistant_tokens=3, temperature=0.7, top_k=20, top_p=0.9, min_p=0.02,
                     assistant_confidence_threshold=0),
+    "top_p_threshold": dict(num_assistant_tokens=4, top_p=0.95, assistant_confidence_threshold=0.3),
+    "min_p_heuristic": dict(num_assistant_tokens=2, num_assistant_tokens_schedule="heuristic", min_p=0.01,
+                            assistant_confidence_threshold=0),
+}
+HOST = {  # temperature / top-k only: row_sampling's arithmetic (tests/test_row_sampling.py: its distribution)
+    "defaults": dict(num_assistant_tokens=4, assistant_confidence_threshold=0),  # the model's top_k 50
     "no_warper": dict(num_assistant_tokens=3, top_k=0, assistant_confidence_threshold=0),
-    "threshold": dict(num_assistant_tokens=4, assistant_confidence_threshold=0.3),
+    "threshold": dict(num_assistant_tokens=4, temperature=0.8, assistant_confidence_threshold=0.3),
     "heuristic": dict(num_assistant_tokens=2, num_assistant_tokens_schedule="heuristic",
                       assistant_confidence_threshold=0),
 }
@@ -111,17 +117,41 @@ def test_sampling_draws_what_the_general_loop_draws(hf_pair, setting, seed):
     assert 0 < fast.stats.accept_rate_by_position[0] < 1
 
 
+@pytest.mark.parametrize("setting", list(HOST))
+def test_host_sampling_rounds(hf_pair, setting):
+    """The host arithmetic's calls: reproducible under a seed, streamed as returned, their statistics
+    those of their rounds (traced), accepting some guesses and rejecting others."""
+    from decoding.verify import tracing
+    target, draft = hf_pair
+    kw = dict(assistant_model=draft, max_new_tokens=16, eos_token_id=None, do_sample=True, seed=3, **HOST[setting])
+    outs = []
+    for _ in range(2):
+        streamer = Chunks()
+        with tracing() as rounds:
+            outs.append(decoding.generate(target, torch.tensor([ROW]), streamer=streamer, **kw))
+        assert sum(streamer.got[1:-1], []) == outs[-1].sequences[0, len(ROW):].tolist()
+    _same(*outs)
+    stats = outs[0].stats
+    assert stats.target_forwards == len(rounds) and stats.new_tokens == sum(int(r.kept[0]) for r in rounds) == 16
+    proposed = [r for r in rounds if r.draft.shape[1]]
+    assert stats.accept_rate_by_position[0] == sum(int(r.accepted[0]) > 0 for r in proposed) / len(proposed)
+    assert 0 < stats.accept_rate_by_position[0] < 1
+
+
 def test_sampling_with_eos_and_native_models():
+    """An eos inside a round ends the row there, on both paths: each path's draws up to its first eos."""
     hf_target = tiny("llama")
     target, draft = from_hf(hf_target), from_hf(noisy_copy(hf_target, "llama", 0.05))
     ids = torch.tensor([ROW])
-    kw = dict(assistant_model=draft, max_new_tokens=16, do_sample=True, seed=3, num_assistant_tokens=4,
-              assistant_confidence_threshold=0)
-    free = decoding.generate(target, ids, eos_token_id=None, **kw).sequences[0, len(ROW):].tolist()
-    eos = free[6]  # the same draws up to the first eos: the row ends there
-    fast, general, _ = _both(target, ids, eos_token_id=eos, **kw)
-    _same(fast, general)
-    assert fast.sequences[0, len(ROW):].tolist() == free[:free.index(eos) + 1]
+    for warpers in (dict(), dict(top_p=0.98)):  # the host arithmetic, the torch one
+        kw = dict(assistant_model=draft, max_new_tokens=16, do_sample=True, seed=3, num_assistant_tokens=4,
+                  assistant_confidence_threshold=0, **warpers)
+        free = decoding.generate(target, ids, eos_token_id=None, **kw).sequences[0, len(ROW):].tolist()
+        eos = free[6]  # the same draws up to the first eos: the row ends there
+        fast, general, _ = _both(target, ids, eos_token_id=eos, **kw)
+        assert fast.sequences[0, len(ROW):].tolist() == free[:free.index(eos) + 1]
+        if warpers:
+            _same(fast, general)
 
 
 REPEATS = [5, 17, 23, 8, 41, 5, 17, 23, 9, 60, 5, 17, 33, 7, 41, 5, 17]  # n-grams that recur
@@ -141,7 +171,7 @@ def test_prompt_lookup_equals_the_general_loop_and_hf(hf_pair, k, ngram):
 
 def test_prompt_lookup_sampling_draws_what_the_general_loop_draws(hf_pair):
     fast, general, _ = _both(hf_pair[0], torch.tensor([REPEATS]), prompt_lookup_num_tokens=3, max_new_tokens=16,
-                             eos_token_id=None, do_sample=True, seed=2, temperature=0.8)
+                             eos_token_id=None, do_sample=True, seed=2, temperature=0.8, top_p=0.95)
     _same(fast, general)
 
 
@@ -160,7 +190,7 @@ def test_prompt_lookup_guesses_past_the_vocabulary(hf_pair):
     target.set_input_embeddings(padded)
     ids = torch.tensor([[5, 6, V + 3, 7, 9, 5, 6]])  # the tail 5, 6 recurs before an id >= V
     fast, general, _ = _both(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None,
-                             do_sample=True, seed=0)
+                             do_sample=True, seed=0, top_p=0.99)
     _same(fast, general)
     with torch.no_grad():
         target.get_output_embeddings().weight.zero_()

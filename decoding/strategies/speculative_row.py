@@ -8,10 +8,13 @@ shipped target and draft. With one row on a CPU the row is a numpy view of its t
 guesses are written after the kept tokens (so a verify's input is a slice, no concatenation), and
 the accepted count, the stop test, both caches' rollbacks and the statistics are host ints. Greedy
 reads its argmaxes straight off the logits (numpy's argmax, the first maximum as torch's): ~12
-tensor ops a round besides the library calls. Sampling runs the general loop's arithmetic
-(warpers, softmax, `sampling.inverse_cdf`, `verify.sample_accept`) on the same tensors in the same
-order, so under a seed it draws the same tokens. Same tokens, statistics and caches' contents as
-the general loop (tests/test_speculative_row.py runs both), so it is taken wherever it applies: one
+tensor ops a round besides the library calls. Sampling with temperature and top-k only (HF's
+defaults) runs on the host too, over the support the warpers leave (strategies/row_sampling.py:
+exactly the target's distribution, its own draws); with top-p or min-p it runs the general loop's
+arithmetic (warpers, softmax, `sampling.inverse_cdf`, `verify.sample_accept`) on the same tensors
+in the same order, so under a seed it draws the same tokens. Otherwise the same tokens, statistics
+and caches' contents as the general loop (tests/test_speculative_row.py runs both; sampling's host
+arithmetic is checked against the exact distribution), so it is taken wherever it applies: one
 row on a CPU, no pads, no logits processor but sampling's warpers (temperature, top-k, top-p,
 min-p), no stop strings or scores to return, caches not clamped. Prompt lookup's n-gram search
 (NgramProposer) runs on the row's numpy view; blockwise's heads (HeadsProposer) guess from the
@@ -29,6 +32,7 @@ from ..capabilities import cache_size
 from ..output import GenerationOutput, GenerationStats
 from ..processors import Pipeline
 from ..verify import Proposal, Round, _trace, sample_accept
+from . import row_sampling
 
 
 def applies(target, draft, prompt, cfg, stop, most: int) -> bool:
@@ -70,6 +74,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
     sample = cfg.do_sample
     warp = Pipeline(cfg, vocab, ids.device).warp
     generator = sampling.make_generator(cfg.seed, cfg.generator, ids.device) if sample else None
+    sparse = sample and row_sampling.applies(warp)  # the sampling arithmetic on the warpers' support
     # the row: kept tokens in [0, n), this round's guesses in [n, n + K) (a round never guesses past
     # max_new_tokens); `row` is its host view
     seq = torch.empty(1, T + max_new, dtype=torch.long)
@@ -89,6 +94,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         emitted = n - T
         k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
         K, qs, valid = 0, [], None
+        u = row_sampling.uniforms(2 * k + 1, generator) if sparse else None  # draft draws, K tests, the next
         if heads is not None:
             if k and guess_from is not None:
                 sub = firsts.setdefault(k, heads if k == heads.k else heads.first(k))
@@ -101,7 +107,11 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
             for j in range(k):
                 drafts += 1
                 logits = dforward(feed, None, 1)
-                if sample:  # the draft's processed distribution q, and a draw from it
+                if sparse:
+                    q = row_sampling.support(row_sampling.scores(logits[0, -1:, :vocab].float(), warp)[0], warp)
+                    qs.append(q)
+                    row[n + j] = row_sampling.draw(q, u[j])
+                elif sample:  # the draft's processed distribution q, and a draw from it
                     scores = logits[:, -1, :vocab].float()
                     q = (scores if warp is None else warp(scores)).softmax(-1)
                     qs.append(q)
@@ -121,7 +131,10 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         else:
             logits, hidden = forward(seq[:, seen:n + K], None, K + 1, return_hidden=True)
         scores = None
-        if sample:
+        if sparse:
+            accepted, nxt = row_sampling.accept(row[n:n + K], row_sampling.scores(logits[0, :, :vocab].float(), warp),
+                                                warp, qs if draft is not None else None, valid, u[k:k + K + 1])
+        elif sample:
             scores = logits[..., :vocab].float()
             if warp is not None:
                 scores = warp(scores.reshape(K + 1, -1)).view(1, K + 1, -1)
@@ -155,6 +168,8 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         if draft_tokens is not None:  # verify.tracing(): the general loop's Round
             if scores is None:
                 scores = logits[..., :vocab].float()
+                if sample and warp is not None:
+                    scores = warp(scores.reshape(K + 1, -1)).view(1, K + 1, -1)
             _trace.get().append(_round(draft_tokens, scores, int(nxt), accepted, kept))
         # the target keeps the pending tokens and the kept drafts; the draft what it read of the row
         cache.truncate(K + 1 - kept)
@@ -219,7 +234,8 @@ def _confidence(logits: Tensor, qs: list, guess: int, vocab: int) -> float:
     """The draft's processed probability of its last guess, as the general loop computes it: the
     drawn token's under sampling, the largest one under greedy."""
     if qs:
-        return float(qs[-1][0, guess])
+        q = qs[-1]
+        return row_sampling.prob(q, guess) if isinstance(q, row_sampling.Support) else float(q[0, guess])
     return float(logits[:, -1, :vocab].float().softmax(-1).amax())
 
 
