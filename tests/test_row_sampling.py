@@ -35,8 +35,8 @@ def rounds(target: torch.Tensor, draft: torch.Tensor | None, K: int, warp, seed=
     """The first two tokens each round emits: guesses drawn from the draft's rows (None: a fixed
     deterministic guess, as prompt lookup's), then row_sampling.accept on the target's rows."""
     g = torch.Generator().manual_seed(seed)
-    s = row_sampling.scores(target, warp)
-    qs = None if draft is None else [row_sampling.support(r, warp) for r in row_sampling.scores(draft, warp)]
+    s = row_sampling.scores(target[None], V, warp)
+    qs = None if draft is None else [row_sampling.support(r, warp) for r in row_sampling.scores(draft[None], V, warp)]
     cells = []
     for _ in range(ROUNDS):
         u = row_sampling.uniforms(2 * K + 2, g)  # guesses, the K + 1 of accept, one more
@@ -89,7 +89,7 @@ def test_the_kept_set_is_the_warpers(rows):
     s = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, -1.0, 2.0, 0.5]])
     for kw in (dict(top_k=3), dict(top_k=2), dict(temperature=0.3, top_k=4), dict(top_k=V + 2)):
         warp = Warpers(Cfg(**kw))
-        d = row_sampling.support(row_sampling.scores(s, warp)[0], warp)
+        d = row_sampling.support(row_sampling.scores(s[None], V, warp)[0], warp)
         ref = hf_probs(s, **kw)[0]
         assert d.ids.tolist() == torch.nonzero(ref > 0).flatten().tolist()
         assert np.allclose(d.probs, ref[ref > 0].numpy(), rtol=1e-6, atol=0)

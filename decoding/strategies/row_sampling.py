@@ -31,12 +31,14 @@ class Support(NamedTuple):
     probs: np.ndarray  # (n,) float64, sum 1
 
 
-def scores(logits: Tensor, warp) -> np.ndarray:
-    """(T, V) float32 logits -> the scores top-k selects on, as numpy (temperature divides in torch,
-    as Warpers does: the same float32 values)."""
+def scores(logits: Tensor, vocab: int, warp) -> np.ndarray:
+    """A row's logits (1, T, V) -> its float32 scores (T, vocab) that top-k selects on, as numpy (a
+    temperature divides in torch, as Warpers does: the same float32 values)."""
+    if logits.dtype != torch.float32:
+        logits = logits.float()
     if warp is not None and warp.temperature is not None:
-        logits = logits / warp.temperature
-    return logits.numpy()
+        return (logits[0, :, :vocab] / warp.temperature).numpy()
+    return logits.numpy()[0, :, :vocab]
 
 
 def support(s: np.ndarray, warp) -> Support:

@@ -108,7 +108,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
                 drafts += 1
                 logits = dforward(feed, None, 1)
                 if sparse:
-                    q = row_sampling.support(row_sampling.scores(logits[0, -1:, :vocab].float(), warp)[0], warp)
+                    q = row_sampling.support(row_sampling.scores(logits, vocab, warp)[-1], warp)
                     qs.append(q)
                     row[n + j] = row_sampling.draw(q, u[j])
                 elif sample:  # the draft's processed distribution q, and a draw from it
@@ -132,7 +132,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
             logits, hidden = forward(seq[:, seen:n + K], None, K + 1, return_hidden=True)
         scores = None
         if sparse:
-            accepted, nxt = row_sampling.accept(row[n:n + K], row_sampling.scores(logits[0, :, :vocab].float(), warp),
+            accepted, nxt = row_sampling.accept(row[n:n + K], row_sampling.scores(logits, vocab, warp),
                                                 warp, qs if draft is not None else None, valid, u[k:k + K + 1])
         elif sample:
             scores = logits[..., :vocab].float()
