@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import decoding
-from decoding.strategies import speculative_row
-from decoding.verify import tracing
 from test_blockwise import fitted_hydra, random_heads, tiny
-from test_speculative_row import _both, _same
+from test_speculative_row import _both, _same, row_path, same_rounds
 
 ROW = [5, 9, 3, 17, 22, 8, 4, 30, 11]
 
@@ -62,23 +60,7 @@ def test_eos_inside_a_block(pair):
 
 def test_traced_rounds_equal_the_general_loop(pair):
     model, heads = pair
-    traces = []
-    for fast in (True, False):
-        applies = speculative_row.applies
-        if not fast:
-            speculative_row.applies = lambda *a, **k: False
-        try:
-            with tracing() as rounds:
-                decoding.generate(model, [ROW], strategy="blockwise", heads=heads, block_size=3, max_new_tokens=16,
-                                  eos_token_id=None)
-        finally:
-            speculative_row.applies = applies
-        traces.append(rounds)
-    assert len(traces[0]) == len(traces[1]) > 3
-    for a, b in zip(*traces):
-        for f in ("draft", "scores", "accepted", "tokens", "kept", "ran"):
-            x, y = getattr(a, f), getattr(b, f)
-            assert x.dtype == y.dtype and torch.equal(x, y), f
+    same_rounds(model, [ROW], strategy="blockwise", heads=heads, block_size=3, max_new_tokens=16, eos_token_id=None)
 
 
 @pytest.mark.parametrize("case", ["batch2", "processor"])
@@ -89,11 +71,6 @@ def test_other_calls_take_the_general_loop(pair, case):
         ids = torch.tensor([ROW, ROW[::-1]])
     else:
         kw["repetition_penalty"] = 1.3
-    called = []
-    run = speculative_row.run
-    speculative_row.run = lambda *a, **k: called.append(1)
-    try:
+    with row_path() as called:
         decoding.generate(model, ids, **kw)
-    finally:
-        speculative_row.run = run
     assert not called

@@ -12,9 +12,10 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper
 
 import decoding
 from decoding.processors import Warpers
-from decoding.strategies import row_sampling, speculative_row
+from decoding.strategies import row_sampling
 from exact_dist import chi2_pvalue
 from test_speculative_exact import PROMPT, V, joint, tiny_native
+from test_speculative_row import row_path
 
 ROUNDS = 30000
 
@@ -102,14 +103,7 @@ def test_generate_one_row_follows_the_target(proposer):
     kw = dict(assistant_model=tiny_native(1), num_assistant_tokens=2, assistant_confidence_threshold=0) \
         if proposer == "draft" else dict(prompt_lookup_num_tokens=2, max_matching_ngram_size=1)
     top_k = 6 if proposer == "draft" else 0  # lookup's guess 3 lies outside the top 6 after the prompt
-    called = []
-    run = speculative_row.run
-
-    def spy(*a, **k):
-        called.append(1)
-        return run(*a, **k)
-    speculative_row.run = spy
-    try:
+    with row_path() as called:
         g = torch.Generator().manual_seed(5)
         n, cells, took = 3000, [], []
         for _ in range(n):
@@ -118,8 +112,6 @@ def test_generate_one_row_follows_the_target(proposer):
             new = out.sequences[0, len(PROMPT):].tolist()
             cells.append(new[0] * V + new[1])
             took += out.stats.accept_rate_by_position[:1]
-    finally:
-        speculative_row.run = run
     assert len(called) == n
     assert 0 < sum(took) < len(took), "the test needs both acceptances and rejections"
     assert chi2_pvalue(torch.tensor(cells), joint(target, 2, top_k=top_k)) > 1e-3

@@ -6,11 +6,14 @@ tests/test_row_sampling.py, and is checked here for its rounds), the same statis
 threshold, the heuristic schedule, sampling's warpers, an eos inside a round, max_new_tokens cutting
 a round and n-gram guesses past the vocabulary, on HF, native and YOCO pairs. It is taken exactly
 where it applies, and records the same rounds under verify.tracing()."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 import decoding
 from decoding.strategies import speculative_row
+from decoding.verify import tracing
 from hf_tiny import hf_greedy, tiny
 from models.cache import StaticCache
 from models.hf_weights import from_hf
@@ -38,28 +41,48 @@ class Chunks:
         self.got.append("end")
 
 
+@contextmanager
+def row_path(on: bool = True):
+    """speculative_row taken where it applies (on) or nowhere; yields the list its runs append to."""
+    called = []
+    run, applies = speculative_row.run, speculative_row.applies
+
+    def spy(*a, **k):
+        called.append(1)
+        return run(*a, **k)
+    speculative_row.run = spy
+    if not on:
+        speculative_row.applies = lambda *a, **k: False
+    try:
+        yield called
+    finally:
+        speculative_row.run, speculative_row.applies = run, applies
+
+
 def _both(target, ids, **kw):
     """(one-row path's output, general loop's output, their streamed chunks)."""
     outs, chunks = [], []
     for fast in (True, False):
         streamer = Chunks()
-        called = []
-        run = speculative_row.run
-
-        def spy(*a, **k):
-            called.append(1)
-            return run(*a, **k)
-        speculative_row.run = spy
-        applies = speculative_row.applies
-        if not fast:
-            speculative_row.applies = lambda *a, **k: False
-        try:
+        with row_path(fast) as called:
             outs.append(decoding.generate(target, ids, streamer=streamer, **kw))
-        finally:
-            speculative_row.run, speculative_row.applies = run, applies
         assert bool(called) == fast, "the one-row path must be taken where it applies, and only then"
         chunks.append(streamer.got)
     return outs[0], outs[1], chunks
+
+
+def same_rounds(target, rows, **kw) -> None:
+    """verify.tracing() records the same Rounds on both paths."""
+    traces = []
+    for fast in (True, False):
+        with row_path(fast), tracing() as rounds:
+            decoding.generate(target, rows, **kw)
+        traces.append(rounds)
+    assert len(traces[0]) == len(traces[1]) > 3
+    for a, b in zip(*traces):
+        for f in ("draft", "scores", "accepted", "tokens", "kept", "ran"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert x.dtype == y.dtype and torch.equal(x, y), f
 
 
 def _same(a, b):
@@ -121,7 +144,6 @@ def test_sampling_draws_what_the_general_loop_draws(hf_pair, setting, seed):
 def test_host_sampling_rounds(hf_pair, setting):
     """The host arithmetic's calls: reproducible under a seed, streamed as returned, their statistics
     those of their rounds (traced), accepting some guesses and rejecting others."""
-    from decoding.verify import tracing
     target, draft = hf_pair
     kw = dict(assistant_model=draft, max_new_tokens=16, eos_token_id=None, do_sample=True, seed=3, **HOST[setting])
     outs = []
@@ -197,7 +219,6 @@ def test_prompt_lookup_guesses_past_the_vocabulary(hf_pair):
     fast, general, _ = _both(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None)
     _same(fast, general)
     assert fast.sequences[0, ids.shape[1]:].tolist() == [0] * 8
-    from decoding.verify import tracing
     with tracing() as rounds:
         decoding.generate(target, ids, prompt_lookup_num_tokens=4, max_new_tokens=8, eos_token_id=None)
     assert rounds[0].draft.tolist() == [[0, 7, 9]] and rounds[0].accepted.tolist() == [0]  # [invalid, 7, 9]
@@ -222,25 +243,9 @@ def test_eos_inside_a_round(hf_pair):
 
 def test_traced_rounds_equal_the_general_loop(hf_pair):
     """verify.tracing() (decoding/viz.py, bench.step_costs) records the same Rounds on both paths."""
-    from decoding.verify import tracing
     target, draft = hf_pair
-    traces = []
-    for fast in (True, False):
-        applies = speculative_row.applies
-        if not fast:
-            speculative_row.applies = lambda *a, **k: False
-        try:
-            with tracing() as rounds:
-                decoding.generate(target, [ROW], assistant_model=draft, max_new_tokens=16, eos_token_id=None,
-                                  num_assistant_tokens=3, assistant_confidence_threshold=0.4)
-        finally:
-            speculative_row.applies = applies
-        traces.append(rounds)
-    assert len(traces[0]) == len(traces[1]) > 3
-    for a, b in zip(*traces):
-        for f in ("draft", "scores", "accepted", "tokens", "kept", "ran"):
-            x, y = getattr(a, f), getattr(b, f)
-            assert x.dtype == y.dtype and torch.equal(x, y), f
+    same_rounds(target, [ROW], assistant_model=draft, max_new_tokens=16, eos_token_id=None, num_assistant_tokens=3,
+                assistant_confidence_threshold=0.4)
 
 
 def test_native_and_yoco_pairs():
