@@ -13,7 +13,8 @@ def test_speculative_bench_smoke(tmp_path):
     assert res["machine"]["device"] and res["machine"]["torch"]
     rows = {(r["batch"], r["method"]): r for r in res["rows"]}
     for key in [(1, "engine spec greedy k=2"), (4, "engine spec sample k=2"), (1, "HF assisted greedy k=2"),
-                (4, "engine lookup greedy k=2")]:
+                (4, "engine lookup greedy k=2"), (1, "engine spec greedy k=2, threshold 0.4"),
+                (1, "engine spec sample k=2, threshold 0.4")]:
         assert rows[key]["tokens_per_s"] > 0 and rows[key]["tau"] >= 1, key
     for r in res["rows"]:
         if "match_vs_greedy" in r:
