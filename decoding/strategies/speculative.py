@@ -17,7 +17,8 @@ otherwise) lives for one call: the assistant's config is not updated.
 
 One row on a CPU with no logits processor but sampling's warpers (the usual call), draft or prompt
 lookup, runs strategies/speculative_row.py: the same rounds with their bookkeeping on the host, the
-same tokens, draws and statistics.
+same tokens and statistics; sampling with top-p or min-p the same draws, with temperature / top-k
+only its own draws from the same distribution (strategies/row_sampling.py).
 
 Batch > 1 (HF's assisted generation is batch 1 only): rows accept different numbers of tokens;
 caches roll back per row; a round guesses at most one token fewer than the running row closest to
