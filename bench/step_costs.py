@@ -6,9 +6,10 @@ goals (speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x sampling, 
     python -m bench.step_costs --smoke --out /tmp/x   # tiny random models, a few seconds
 
 1. Forwards alone: median ms of the shipped target at T = 1 (a greedy step) and T = k + 1 (a verify
-   block), of the draft's decode step and of the hydra heads' --blockwise-k guesses; the target's and the
-   draft's step also compiled (models/compiled_cpu.py, built or loaded from its disk cache;
-   --no-compile skips it). Whole calls (part 2) run with the default: compiled where available.
+   block), of the draft's decode step and of the heads' (--heads, default the shipped hydra heads)
+   --blockwise-k guesses; the target's and the draft's step also compiled (models/compiled_cpu.py,
+   built or loaded from its disk cache; --no-compile skips it), and blockwise's compiled verify that
+   also returns the heads' guesses. Whole calls (part 2) run with the default: compiled where available.
    Items take turns in each repetition, so noise bursts hit all alike.
 2. Whole calls: greedy, speculative (draft, k, exactly k guesses a round), exact blockwise (heads,
    --blockwise-k, default 1: its fastest on this CPU, bench.blockwise), sampling and speculative sampling (seed 0, HF's sampling defaults) on the prompts, with every model forward (and heads call) timed by a wrapper; the rest of the
@@ -16,7 +17,7 @@ goals (speculative k = 4 >= 1.5x greedy, speculative sampling >= 1.1x sampling, 
    forward (the prefill; on the skeleton it also verifies round 1's guesses).
 3. Arithmetic from part 2, per goal: x the base mode = tau * g / round (g: the base's ms per token;
    speculative round = verify + draft steps x step + bookkeeping, blockwise = verify + heads +
-   bookkeeping), its ceiling with only the verify left (tau * g / verify), the ms per round the rest
+   bookkeeping, where the compiled verify computes the heads' guesses itself and heads are ~0), its ceiling with only the verify left (tau * g / verify), the ms per round the rest
    may take at the goal, and the tau the goal needs at the measured round cost.
 """
 from __future__ import annotations
@@ -88,6 +89,13 @@ def time_steps(model, name: str, log: list) -> None:
     Timed(model, "forward", name, log)
     bind = model.forward_on
     model.forward_on = lambda cache: Timed(None, "", name, log, fn=bind(cache))
+    guessing = getattr(model, "guessing_on", None)
+    if guessing is not None:  # blockwise's verify with the heads' guesses in one compiled step: a target forward
+        model.guessing_on = lambda cache, heads: _timed(guessing(cache, heads), name, log)
+
+
+def _timed(step, name: str, log: list):
+    return None if step is None else Timed(None, "", name, log, fn=step)
 
 
 def median_ms(items: dict, reps: int, calls: int) -> dict:
@@ -136,9 +144,29 @@ def forwards_alone(target, draft, heads, k: int, context: int, reps: int, calls:
                                  ms=(time.perf_counter() - t0) * 1e3))
                 items[f"{label} step (T = 1), compiled"] = lambda m=model, c=cache: step(m, True, one, c, 1)
             items[f"target verify (T = {k + 1}), compiled"] = lambda: step(target, True, block, ct)
+            items.update(_guessing_items(target, heads, block, ct, rows))
         for name, ms in median_ms(items, reps, calls).items():
             rows.append(dict(item=name, ms=ms))
     return rows
+
+
+def _guessing_items(target, heads, block, cache, rows: list) -> dict:
+    """The compiled verify of blockwise's round (T = heads.k + 1) with the heads' guesses
+    (NativeDecoder.guessing_on), built or loaded here (a row says how long that took)."""
+    target.compile_step = True
+    guess, ids = target.guessing_on(cache, heads), block[:, :heads.k + 1]
+    t0 = time.perf_counter()
+    if guess is None or guess(ids, ids.shape[1]) is None:
+        rows.append(dict(item="target verify with the heads' guesses: unavailable (see the warning)"))
+        return {}
+    cache.truncate(ids.shape[1])
+    rows.append(dict(item=f"target verify with {heads.k} heads' guesses, compiled: time to build or load the library",
+                     ms=(time.perf_counter() - t0) * 1e3))
+
+    def run():
+        guess(ids, ids.shape[1])
+        cache.truncate(ids.shape[1])
+    return {f"target verify with {heads.k} heads' guesses (T = {heads.k + 1}), compiled": run}
 
 
 def whole_calls(target, draft, heads, prompts, k: int, n: int, runs: int) -> dict:
@@ -236,6 +264,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
     ap.add_argument("--k", type=int, default=4, help="guesses per round (both goals are stated at k = 4)")
     ap.add_argument("--blockwise-k", type=int, default=1, help="blockwise's heads a round (its goal names none)")
+    ap.add_argument("--heads", type=Path, default=SHIPPED / "heads", help="blockwise's heads directory")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=96)
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -261,7 +290,7 @@ def main(argv=None):
         from models.heads import load_heads
         target = load(SHIPPED / "target", dtype=torch.float32)
         draft = load(SHIPPED / "draft", dtype=torch.float32)
-        heads = load_heads(SHIPPED / "heads", target)
+        heads = load_heads(args.heads, target)
         bk = args.blockwise_k
         heads = heads if heads.k == bk else heads.first(bk)  # the module blockwise will call (timed in part 2)
         prompts, n = code_prompts(args.prompts, args.prompt_len), args.new_tokens

@@ -127,7 +127,7 @@ def cache_dir() -> Path:
     return Path(base) / "decoding" / "compiled"
 
 
-def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None) -> dict:
+def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None, heads=None) -> dict:
     here = Path(__file__).parent
     source = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
     weights = [(n, tuple(p.shape), tuple(p.stride())) for n, p in model.named_parameters(remove_duplicate=False)]
@@ -140,6 +140,10 @@ def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None) ->
         key["threads"] = torch.get_num_threads()
     if blocking:  # the wide library (the default one's key has no such entry)
         key["blocking"] = list(blocking)
+    if heads is not None:  # the library with blockwise heads' guesses (their values are constants too)
+        key["heads"] = {"kind": type(heads).__name__, "config": heads.config.to_dict(),
+                        "values": _values_hash(heads),
+                        "source": hashlib.sha256((here / "heads.py").read_bytes()).hexdigest()}
     return key
 
 
@@ -185,21 +189,32 @@ class _Exported(nn.Module):
 
 
 class _Frozen(nn.Module):
-    """(ids, cache state) -> logits, with the model's weights as module state: constants of the library."""
+    """(ids, cache state) -> (logits, hidden), with the model's weights as module state: constants of
+    the library. With heads: (logits, the heads' greedy guesses (B, T', k) after each kept token)."""
 
-    def __init__(self, model, template):
+    def __init__(self, model, template, heads=None):
         super().__init__()
-        self.model, self.template = model, template
+        self.model, self.template, self.heads = model, template, heads
 
     def forward(self, input_ids: Tensor, state: list[Tensor], keep: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.static_logits(input_ids, self.template.from_state(state), hidden=True, keep=keep.shape[0])
+        out = self.model.static_logits(input_ids, self.template.from_state(state), hidden=True, keep=keep.shape[0])
+        if self.heads is None:
+            return out
+        B, T, dim = out[1].shape  # the step's own lm_head(hidden) is dead code: guesses computes the logits
+        logits, guesses = self.heads.greedy_guesses(out[1].reshape(B * T, dim), self.model)
+        return logits.view(B, T, -1), guesses.view(B, T, -1)
 
 
 class CompiledStep:
     """The compiled step of one model: loaded from the disk cache or built on first use."""
 
-    def __init__(self, model):
+    def __init__(self, model, heads=None):
         self.model, self.dtype, self.device = model, model.dtype, model.device
+        # blockwise heads whose greedy guesses the library returns in place of the hidden states (frozen
+        # only; no wide build)
+        self.heads = heads
+        self.heads_weights = [] if heads is None else list(heads.parameters())
+        self.heads_stamp = _stamp(self.heads_weights)
         self.frozen = bool(model.compile_frozen)
         named = dict(model.named_parameters(remove_duplicate=False))
         self.names, self.weights = list(named), list(named.values())
@@ -207,7 +222,8 @@ class CompiledStep:
         self.run = None  # the library's flat-input entry point, once loaded
         self.unavailable = False  # its build failed: eager, without hashing the weights again
         # the wide library (WIDE_ROWS rows on): its blocking, its entry point once loaded
-        self.blocking = WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) if self.frozen else None
+        self.blocking = WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) \
+            if self.frozen and heads is None else None
         self.wide = None
 
     def matches(self, model) -> bool:
@@ -221,11 +237,14 @@ class CompiledStep:
             if len(now) != len(self.weights) or any(a is not b for a, b in zip(now, self.weights)):
                 return False
             self.registered = _registered[0]
+        if self.heads is not None and _stamp(self.heads_weights) != self.heads_stamp:
+            return False
         return not self.frozen or _stamp(self.weights) == self.stamp
 
     def __call__(self, input_ids: Tensor, cache, keep: int = 0) -> tuple[Tensor, Tensor] | None:
-        """(logits (B, T', V), final-norm hidden states (B, T', dim)) of the last T' = keep tokens (0:
-        all T) with the cache advanced, or None where the library is unavailable."""
+        """(logits (B, T', V), final-norm hidden states (B, T', dim); with heads, their guesses
+        (B, T', k)) of the last T' = keep tokens (0: all T) with the cache advanced, or None where the
+        library is unavailable."""
         run = self.library(input_ids.numel(), cache)
         if run is None:
             return None
@@ -258,7 +277,7 @@ class CompiledStep:
     # -- build / load ---------------------------------------------------------------------------
     def _load(self, cache, blocking: tuple[int, int] | None = None) -> bool:
         """Load or build the default library (blocking None) or the wide one; False where it fails."""
-        key = _key(self.model, cache, self.frozen, blocking)
+        key = _key(self.model, cache, self.frozen, blocking, self.heads)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         if digest in _failed:
             return False
@@ -289,6 +308,8 @@ class CompiledStep:
         kind = "prepacked weights" if self.frozen else "weights as inputs"
         if key.get("blocking"):
             kind += f", {'x'.join(map(str, key['blocking']))} GEMM kernels for steps of {WIDE_ROWS}+ rows"
+        if self.heads is not None:
+            kind += f", with {self.heads.k} blockwise heads' guesses"
         print(f"decoding: compiling the CPU step of {key['model']} ({n / 1e6:.1f}M parameters, "
               f"{key['dtype']}, {kind}) once, cached in {path.parent} ...", end="", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
@@ -316,7 +337,7 @@ class CompiledStep:
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
             with compile_speed.uncached_fake_dispatch():
                 if self.frozen:
-                    ep = torch.export.export(_Frozen(model, example), (ids, example.step_state(), keep),
+                    ep = torch.export.export(_Frozen(model, example, self.heads), (ids, example.step_state(), keep),
                                              dynamic_shapes=({0: B, 1: T}, state_dims, {0: K}), strict=False)
                     configs = FROZEN_CONFIG
                 else:

@@ -117,6 +117,21 @@ class BlockwiseHeads(nn.Module):
         hf = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
         return self.norm_weight.to(hidden.dtype) * hf.to(hidden.dtype)
 
+    def greedy_guesses(self, hidden: Tensor, target) -> tuple[Tensor, Tensor]:
+        """hidden (N, dim) -> (the target's logits (N, V), each row's k greedy guesses (N, k)), as one
+        graph runs them (models/compiled_cpu.py): 2-D matmuls per head (a batched matmul over the heads
+        has no C++ GEMM template), and one lm_head matmul over the target's rows and the heads' features
+        together, so the LM head is read once for both."""
+        dt, eps, N = hidden.dtype, self.config.norm_eps, hidden.shape[0]
+        rows = [hidden]
+        for i in range(self.k):
+            h = hidden + F.silu(hidden @ self.w1[i].to(dt)) @ self.w2[i].to(dt)
+            hf = h.float()
+            hf = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+            rows.append(self.norm_weight[i].to(dt) * hf.to(dt))
+        out = target.lm_head(torch.cat(rows))  # (N (k + 1), V): the target's rows, then head by head
+        return out[:N], out[N:].view(self.k, N, -1).argmax(-1).T
+
     def first(self, k: int) -> "BlockwiseHeads":
         """The first k heads (weights shared): heads are independent, so heads trained with k = 6 also
         serve k = 2 and 4 (the benchmark's sweep) without retraining."""
@@ -195,6 +210,13 @@ class HydraHeads(nn.Module):
             s, f = self.step(j, s, target.embed(tok))
             tok = guess[:, j] = pick(j, target.lm_head(f), guess[:, :j])
         return guess
+
+    def greedy_guesses(self, hidden: Tensor, target) -> tuple[Tensor, Tensor]:
+        """hidden (N, dim) -> (the target's logits (N, V), each row's k greedy guesses (N, k)): head 1
+        after the target's own argmax, each next head after the last guess (first maximum, as numpy's
+        and torch's argmax), as one graph runs them (models/compiled_cpu.py)."""
+        logits = target.lm_head(hidden)
+        return logits, self.propose(hidden, logits.argmax(-1), target, lambda j, scores, so_far: scores.argmax(-1))
 
     def first(self, k: int) -> "HydraHeads":
         """The first k heads (the shared layer, the leading biases and norms)."""

@@ -19,6 +19,8 @@ from torch import Tensor
 from .cache import StaticCache
 from .protocol import bound_forward, check_input_ids, special_tokens
 
+GUESSING_KEPT = 4  # compiled steps with heads' guesses kept loaded per model (a benchmark's sweep of k)
+
 
 class NativeDecoder(nn.Module):
     """Subclasses define `cache_type`, `cache_heads`, `static_logits(input_ids, cache)` (the fixed-shape step:
@@ -41,12 +43,14 @@ class NativeDecoder(nn.Module):
         self.compile_step: bool | None = None  # CPU: None = DECODING_COMPILE or the rule of compiled_cpu
         self._graphed = None  # CUDA graphs (models/compiled.GraphedStep)
         self._compiled = None  # compiled CPU step (models/compiled_cpu.CompiledStep)
+        self._guessing = {}  # heads' kind, k and storage -> the compiled CPU step with their guesses
 
     def __getstate__(self):
         """Copies and pickles leave the compiled step and CUDA graphs behind (rebuilt or reloaded on
         the copy's first step): they belong to this object's weights and cannot be pickled."""
         state = self.__dict__.copy()
         state["_compiled"] = state["_graphed"] = None
+        state["_guessing"] = {}
         return state
 
     @property
@@ -192,6 +196,31 @@ class NativeDecoder(nn.Module):
                     return out if return_hidden else out[0]
             return forward(ids, attention_mask, logits_to_keep, return_hidden=return_hidden)
         return step
+
+    def guessing_on(self, cache, heads):
+        """The compiled CPU step that also returns blockwise heads' greedy guesses, for one generate()
+        call's steps: (input_ids, keep) -> (logits (B, keep, V), the heads' guesses after each kept
+        token (B, keep, k)), or None for a step it does not take (not a fixed step: fixed_step; no
+        library). None where the compiled step does not run (compiled_step) or
+        would not be frozen. One library per heads' values, built on first use (the target's weights
+        and the heads' are its constants); the last GUESSING_KEPT stay loaded, found by the heads'
+        storage (blockwise's heads.first(k) is a new module each call, over the same tensors)."""
+        from . import compiled_cpu
+        if self.device.type != "cpu" or not self.step_max_tokens or not self.compile_frozen \
+                or not compiled_cpu.wanted(self, cache):
+            return None
+        params = list(heads.parameters())
+        key = (type(heads).__name__, heads.k, *((p.data_ptr(), *p.shape) for p in params))
+        step = self._guessing.pop(key, None)  # it holds its heads' tensors: no other heads reuse their storage
+        if step is None or not step.matches(self):
+            step = compiled_cpu.CompiledStep(self, heads)
+        self._guessing[key] = step  # the most recent last
+        while len(self._guessing) > GUESSING_KEPT:
+            self._guessing.pop(next(iter(self._guessing)))
+
+        def guess(ids, keep):
+            return step(ids, cache, keep) if self.fixed_step(*ids.shape, False) else None
+        return guess
 
     def compiled_step(self, cache):
         """The compiled CPU step of this model as it is now (a new one where a weight changed), or

@@ -88,8 +88,11 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
     seen = 0  # of them, read by the target (the rest is pending)
     dseen = 0  # tokens in the draft's cache (a prefix of the row, then fed guesses)
     drafts, took = 0, []  # draft forwards; (K, accepted) of each round, one target forward each
-    guess_from = None  # blockwise: (hidden (1, dim), token) the heads guess after; none before the prefill
-    firsts = {}  # blockwise: the first k heads, per k
+    # blockwise: the next round's guesses (host ints), or (hidden (1, dim), token) the heads guess after;
+    # none before the prefill. `guessing`: the compiled step that returns the heads' guesses with the
+    # logits (models/compiled_cpu.py), where the target runs one
+    guess_from, firsts = None, {}  # firsts: the first k heads, per k
+    guessing = _guessing(target, cache, heads, vocab)
     while True:
         emitted = n - T
         k = max(min(schedule.k, max_new - emitted - 1), 0)  # a round can take K + 1: never guess past max_new
@@ -97,8 +100,10 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         u = row_sampling.uniforms(2 * k + 1, generator) if sparse else None  # draft draws, K tests, the next
         if heads is not None:
             if k and guess_from is not None:
-                sub = firsts.setdefault(k, heads if k == heads.k else heads.first(k))
-                row[n:n + k] = _heads_guess(sub, *guess_from, target, vocab)
+                if isinstance(guess_from, tuple):
+                    sub = firsts.setdefault(k, heads if k == heads.k else heads.first(k))
+                    guess_from = _heads_guess(sub, *guess_from, target, vocab)
+                row[n:n + k] = guess_from[:k]  # heads are sequential: the first k of them guess the same
                 K = k
         elif k and draft is None:
             K, valid = _lookup(row, n, k, max_ngram, vocab)
@@ -126,7 +131,10 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
                     break
                 feed = seq[:, n + j:n + K]
             dseen = n + K - 1  # the last guess is never fed to the draft
-        if heads is None:
+        fused = None if guessing is None else guessing(seq[:, seen:n + K], K + 1)
+        if fused is not None:
+            logits, guesses = fused
+        elif heads is None:
             logits = forward(seq[:, seen:n + K], None, K + 1)  # (1, K + 1, V)
         else:
             logits, hidden = forward(seq[:, seen:n + K], None, K + 1, return_hidden=True)
@@ -156,7 +164,7 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         draft_tokens = seq[:, n:n + K].clone() if _trace.get() is not None else None
         row[n + accepted] = nxt  # the correction, or the bonus token after K
         if heads is not None:  # the heads guess after the round's own token, from its hidden state
-            guess_from = hidden[:, accepted], int(nxt)
+            guess_from = guesses[0, accepted].numpy() if fused is not None else (hidden[:, accepted], int(nxt))
         kept = accepted + 1
         if eos:  # cut after the first eos
             kept = next((i + 1 for i in range(kept) if int(row[n + i]) in eos), kept)
@@ -185,6 +193,14 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
         streamer.end()
     nbytes = cache.nbytes() + (0 if draft is None else dcache.nbytes())
     return GenerationOutput(sequences=seq[:, :n], stats=_stats(n - T, drafts, took, nbytes))
+
+
+def _guessing(target, cache, heads, vocab: int):
+    """The target's compiled step with the heads' greedy guesses (NativeDecoder.guessing_on), or None:
+    no heads, no such step, or logits wider than the vocabulary the guesses are picked from."""
+    if heads is None or vocab != target.vocab_size or not hasattr(target, "guessing_on"):
+        return None
+    return target.guessing_on(cache, heads)
 
 
 def _lookup(row: np.ndarray, n: int, k: int, max_ngram: int, vocab: int) -> tuple[int, np.ndarray | None]:
