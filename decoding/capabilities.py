@@ -7,10 +7,10 @@ from __future__ import annotations
 import warnings
 
 from models.adapt import as_decoder  # the one door into the protocol (HF adapter, declared defaults)
-from models.heads import default_heads, load_heads
+from models.heads import compiled_guessing, default_heads, load_heads
 
-__all__ = ["as_decoder", "cache_size", "check_positions", "check_rollback", "finished_rows_unmasked", "proposal_heads",
-           "rollback_bound"]
+__all__ = ["as_decoder", "cache_size", "check_positions", "check_rollback", "compiled_guessing", "finished_rows_unmasked",
+           "proposal_heads", "rollback_bound"]
 
 
 def rollback_bound(*models) -> int | None:

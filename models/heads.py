@@ -245,6 +245,13 @@ def target_forward_with_hidden(model, input_ids: Tensor, cache, attention_mask: 
     return model(input_ids, cache, positions=positions, attention_mask=attention_mask, return_hidden=True)
 
 
+def compiled_guessing(target, cache, heads):
+    """The target's compiled CPU step that also returns these heads' greedy guesses, bound to `cache`
+    (NativeDecoder.guessing_on), or None where the target has none."""
+    guessing_on = getattr(target, "guessing_on", None)
+    return None if guessing_on is None else guessing_on(cache, heads)
+
+
 def save_heads(heads: nn.Module, directory: str | Path, *, dtype=torch.float16) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

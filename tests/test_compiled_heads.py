@@ -1,7 +1,7 @@
 """The compiled CPU step with blockwise heads' guesses (models/compiled_cpu.py, NativeDecoder.guessing_on).
 Oracle: the eager forward and the eager heads (HeadsProposer's greedy picks on the eager hidden state).
 Its logits are the eager forward's (same argmax, |diff| < 1e-5) and its guesses the eager heads' at every
-kept position, for independent and hydra heads; blockwise decoding through it gives greedy's tokens and
+kept position, for independent and hydra heads (and independent heads on a YOCO target); blockwise decoding through it gives greedy's tokens and
 the statistics, streamed chunks and traced rounds of the eager one-row path; a prompt wider than the
 library takes the eager heads for its round; a library is never used for heads written to since, and a
 new heads.first(k) module over the same heads finds the loaded one."""
@@ -12,6 +12,7 @@ import torch
 
 import decoding
 import models.compiled_cpu as cc
+from models.yoco import YOCOConfig, YOCODecoder
 from decoding.strategies import speculative_row
 from decoding.verify import tracing
 from test_blockwise import fitted_hydra, random_heads, tiny
@@ -21,11 +22,21 @@ K = 2  # heads a round (block_size): one library per kind
 ROW = [5, 9, 3, 17, 22, 8, 4, 30, 11]
 
 
-@pytest.fixture(scope="module", params=["independent", "hydra"])
+def tiny_yoco():
+    torch.manual_seed(1)
+    m = YOCODecoder(YOCOConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, window=4,
+                               max_rollback=6, max_seq_len=128)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m
+
+
+@pytest.fixture(scope="module", params=["independent", "hydra", "yoco_independent"])
 def pair(request, tmp_path_factory):
     """(compiled target, eager copy, heads with k = 4, directory of the built library)."""
-    m = tiny()
-    heads = random_heads(m) if request.param == "independent" else fitted_hydra(m)
+    m = tiny_yoco() if request.param.startswith("yoco") else tiny()
+    heads = fitted_hydra(m) if request.param == "hydra" else random_heads(m)
     eager = copy.deepcopy(m)
     eager.compile_step = False
     m.compile_step = True
@@ -172,3 +183,23 @@ def test_heads_written_to_are_never_served_and_new_first_k_finds_the_loaded_one(
     finally:
         with torch.no_grad():
             heads.w2.copy_(saved)
+
+
+def test_a_round_reads_the_logits_and_the_guesses(pair, served, monkeypatch):
+    """docs/DESIGN.md 6: 2 host reads a round in decoding/ (numpy views of the verify's logits and of
+    its guesses), none in models/ but YOCO's truncate; rounds counted at each library call."""
+    from test_host_syncs import HostReads
+    model, _, heads, _ = pair
+    reads, call = HostReads(), cc.CompiledStep.__call__
+
+    def marked(self, *a, **kw):
+        reads.next_round()
+        return call(self, *a, **kw)
+    monkeypatch.setattr(cc.CompiledStep, "__call__", marked)
+    with reads:
+        decoding.generate(model, torch.tensor([ROW]), strategy="blockwise", heads=heads, block_size=K,
+                          max_new_tokens=16, eos_token_id=None)
+    steady = reads.rounds[2:-1]
+    assert len(steady) >= 2 and len(served) == len(reads.rounds) - 1
+    truncate = 1 if isinstance(model, YOCODecoder) else 0  # YOCO's: range, floor and longest in one read
+    assert max(r["decoding"] for r in steady) == 2 and max(r["models"] for r in steady) == truncate

@@ -19,7 +19,9 @@ row on a CPU, no pads, no logits processor but sampling's warpers (temperature, 
 min-p), no stop strings or scores to return, caches not clamped. Prompt lookup's n-gram search
 (NgramProposer) runs on the row's numpy view; blockwise's heads (HeadsProposer) guess from the
 verify's hidden state at the kept position, only as many heads as the next round uses (they are
-sequential: the same first guesses), each guess the numpy argmax of its logits.
+sequential: the same first guesses), each guess the numpy argmax of its logits; where the target runs
+its compiled CPU step, one library computes the verify and every position's guesses (the LM head read
+once for independent heads, models/compiled_cpu.py) and the round takes the kept position's.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import sampling
-from ..capabilities import cache_size
+from ..capabilities import cache_size, compiled_guessing
 from ..output import GenerationOutput, GenerationStats
 from ..processors import Pipeline
 from ..verify import Proposal, Round, _trace, sample_accept
@@ -196,11 +198,11 @@ def run(target, draft, prompt, cfg, schedule, vocab: int, *, threshold: float = 
 
 
 def _guessing(target, cache, heads, vocab: int):
-    """The target's compiled step with the heads' greedy guesses (NativeDecoder.guessing_on), or None:
-    no heads, no such step, or logits wider than the vocabulary the guesses are picked from."""
-    if heads is None or vocab != target.vocab_size or not hasattr(target, "guessing_on"):
+    """The target's compiled step with the heads' greedy guesses (models.heads.compiled_guessing), or
+    None: no heads, no such step, or logits wider than the vocabulary the guesses are picked from."""
+    if heads is None or vocab != target.vocab_size:
         return None
-    return target.guessing_on(cache, heads)
+    return compiled_guessing(target, cache, heads)
 
 
 def _lookup(row: np.ndarray, n: int, k: int, max_ngram: int, vocab: int) -> tuple[int, np.ndarray | None]:
