@@ -21,6 +21,9 @@ all use its 8 x 8 kernel for WIDE_ROWS (5) rows on: a speculative or blockwise v
 batch of 5-16. The second is built on the first such step that is not a prompt (a prompt of 5-16
 tokens into an empty cache, a step once per call, runs the default library until the wide one
 exists). Same arithmetic, other blocking: on the shipped target their logits were bitwise equal.
+A third kind serves one row of blockwise decoding (NativeDecoder.guessing_on): the frozen library of
+the target with blockwise heads as constants too, returning in place of the hidden states the heads'
+greedy guesses after every kept token (heads.greedy_guesses), one library per heads' values and k.
 Either writes the new K/V in place; lengths (and YOCO's high-water marks) advance after it returns,
 so a failure (a bad token id trips the embedding's bounds check) leaves the cache as it was.
 Attention reads keys up to the cache's host bound on its longest row (a size among the inputs, see
