@@ -139,18 +139,18 @@ def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None, he
            "weights": hashlib.sha256(repr(weights).encode()).hexdigest(), "cache": type(cache).__name__,
            "max_tokens": MAX_TOKENS, "source": source, "frozen": frozen}
     if frozen:  # constants of the library, and its GEMMs' thread plan
-        key["values"] = _values_hash(model)
+        key["values"] = values_hash(model)
         key["threads"] = torch.get_num_threads()
     if blocking:  # the wide library (the default one's key has no such entry)
         key["blocking"] = list(blocking)
     if heads is not None:  # the library with blockwise heads' guesses (their values are constants too)
         key["heads"] = {"kind": type(heads).__name__, "config": heads.config.to_dict(),
-                        "values": _values_hash(heads),
+                        "values": values_hash(heads),
                         "source": hashlib.sha256((here / "heads.py").read_bytes()).hexdigest()}
     return key
 
 
-def _values_hash(model) -> str:
+def values_hash(model) -> str:
     h = hashlib.sha256()
     for t in list(model.parameters()) + list(model.buffers()):
         h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
@@ -161,8 +161,14 @@ _version = operator.attrgetter("_version")
 
 
 def _stamp(params: list[Tensor]) -> list:
-    """What changes when a weight does: its version (in-place writes) and storage (a `.data` swap)."""
-    return list(map(_version, params)) + list(map(Tensor.data_ptr, params))
+    """What changes when a weight does: its version (in-place writes) and storage (a `.data` swap).
+    Weights made under torch.inference_mode have no version: only their storage is seen (write them
+    in place there and the library is stale; replace them instead)."""
+    try:
+        versions = list(map(_version, params))
+    except RuntimeError:  # an inference tensor among them
+        versions = [None if p.is_inference() else p._version for p in params]
+    return versions + list(map(Tensor.data_ptr, params))
 
 
 class _Step(nn.Module):
@@ -214,10 +220,8 @@ class CompiledStep:
     def __init__(self, model, heads=None):
         self.model, self.dtype, self.device = model, model.dtype, model.device
         # blockwise heads whose greedy guesses the library returns in place of the hidden states (frozen
-        # only; no wide build)
+        # only; no wide build). Their values are part of the key that finds this step (guessing_on)
         self.heads = heads
-        self.heads_weights = [] if heads is None else list(heads.parameters())
-        self.heads_stamp = _stamp(self.heads_weights)
         self.frozen = bool(model.compile_frozen)
         named = dict(model.named_parameters(remove_duplicate=False))
         self.names, self.weights = list(named), list(named.values())
@@ -240,8 +244,6 @@ class CompiledStep:
             if len(now) != len(self.weights) or any(a is not b for a, b in zip(now, self.weights)):
                 return False
             self.registered = _registered[0]
-        if self.heads is not None and _stamp(self.heads_weights) != self.heads_stamp:
-            return False
         return not self.frozen or _stamp(self.weights) == self.stamp
 
     def __call__(self, input_ids: Tensor, cache, keep: int = 0) -> tuple[Tensor, Tensor] | None:

@@ -43,7 +43,7 @@ class NativeDecoder(nn.Module):
         self.compile_step: bool | None = None  # CPU: None = DECODING_COMPILE or the rule of compiled_cpu
         self._graphed = None  # CUDA graphs (models/compiled.GraphedStep)
         self._compiled = None  # compiled CPU step (models/compiled_cpu.CompiledStep)
-        self._guessing = {}  # heads' kind, k and storage -> the compiled CPU step with their guesses
+        self._guessing = {}  # heads' kind, k and values -> the compiled CPU step with their guesses
 
     def __getstate__(self):
         """Copies and pickles leave the compiled step and CUDA graphs behind (rebuilt or reloaded on
@@ -201,17 +201,15 @@ class NativeDecoder(nn.Module):
         """The compiled CPU step that also returns blockwise heads' greedy guesses, for one generate()
         call's steps: (input_ids, keep) -> (logits (B, keep, V), the heads' guesses after each kept
         token (B, keep, k)), or None for a step it does not take (not a fixed step: fixed_step; no
-        library). None where the compiled step does not run (compiled_step) or
-        would not be frozen. One library per heads' values, built on first use (the target's weights
-        and the heads' are its constants); the last GUESSING_KEPT stay loaded, found by the heads'
-        storage (blockwise's heads.first(k) is a new module each call, over the same tensors)."""
+        library). None where the compiled step does not run (compiled_step) or would not be frozen.
+        One library per heads' values and k, built on first use (the target's weights and the heads'
+        are its constants); the last GUESSING_KEPT stay loaded, found by _heads_key."""
         from . import compiled_cpu
         if self.device.type != "cpu" or not self.step_max_tokens or not self.compile_frozen \
                 or not compiled_cpu.wanted(self, cache):
             return None
-        params = list(heads.parameters())
-        key = (type(heads).__name__, heads.k, *((p.data_ptr(), *p.shape) for p in params))
-        step = self._guessing.pop(key, None)  # it holds its heads' tensors: no other heads reuse their storage
+        key = (type(heads).__name__, heads.k, *_heads_key(heads))
+        step = self._guessing.pop(key, None)
         if step is None or not step.matches(self):
             step = compiled_cpu.CompiledStep(self, heads)
         self._guessing[key] = step  # the most recent last
@@ -242,4 +240,16 @@ class NativeDecoder(nn.Module):
     def forward_train(self, input_ids: Tensor) -> Tensor:
         """Logits (B, T, V) of a full causal pass, no cache (training)."""
         return self.lm_head(self.hidden_train(input_ids))
+
+
+def _heads_key(heads) -> tuple:
+    """What finds the heads' library again: their storage and versions (a write makes a new key; the
+    step kept under the old one holds those tensors, so no other heads take their addresses), or,
+    for tensors made under inference_mode (heads=PATH, loaded anew in every generate() call), their
+    values' hash (~0.4-1.6 ms for the shipped heads)."""
+    params = list(heads.parameters())
+    if any(p.is_inference() for p in params):
+        from .compiled_cpu import values_hash
+        return ("values", values_hash(heads))
+    return ("storage", *((p.data_ptr(), p._version, *p.shape) for p in params))
 

@@ -12,6 +12,7 @@ import torch
 
 import decoding
 import models.compiled_cpu as cc
+from models.heads import save_heads
 from models.yoco import YOCOConfig, YOCODecoder
 from decoding.strategies import speculative_row
 from decoding.verify import tracing
@@ -37,6 +38,9 @@ def pair(request, tmp_path_factory):
     """(compiled target, eager copy, heads with k = 4, directory of the built library)."""
     m = tiny_yoco() if request.param.startswith("yoco") else tiny()
     heads = fitted_hydra(m) if request.param == "hydra" else random_heads(m)
+    with torch.no_grad():  # values a directory keeps (save_heads writes fp16): its heads find this library
+        for p in heads.parameters():
+            p.copy_(p.half())
     eager = copy.deepcopy(m)
     eager.compile_step = False
     m.compile_step = True
@@ -170,7 +174,7 @@ def test_heads_written_to_are_never_served_and_new_first_k_finds_the_loaded_one(
     assert model._guessing == loaded
     builds = []
     monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, *a: builds.append(a[1]) or 1 / 0)
-    saved, before = heads.w2.detach().clone(), cc._values_hash(heads.first(K))
+    saved, before = heads.w2.detach().clone(), cc.values_hash(heads.first(K))
     try:
         with torch.no_grad():
             heads.w2.add_(0.5)
@@ -178,7 +182,7 @@ def test_heads_written_to_are_never_served_and_new_first_k_finds_the_loaded_one(
             fast = _blockwise(model, heads, ids)  # the build fails here: the eager heads guess
         # (the plain step, which the eager heads' rounds take, is not in this directory either)
         built = [key["heads"]["values"] for key in builds if "heads" in key]
-        assert built == [cc._values_hash(heads.first(K))] and built[0] != before
+        assert built == [cc.values_hash(heads.first(K))] and built[0] != before
         _same_run(fast, _blockwise(eager, heads, ids))
     finally:
         with torch.no_grad():
@@ -203,3 +207,19 @@ def test_a_round_reads_the_logits_and_the_guesses(pair, served, monkeypatch):
     assert len(steady) >= 2 and len(served) == len(reads.rounds) - 1
     truncate = 1 if isinstance(model, YOCODecoder) else 0  # YOCO's: range, floor and longest in one read
     assert max(r["decoding"] for r in steady) == 2 and max(r["models"] for r in steady) == truncate
+
+
+def test_heads_from_a_directory_find_the_library_in_every_call(pair, served, tmp_path):
+    """generate() loads heads=PATH anew in every call, as tensors made under inference_mode: the
+    library of their values serves every call, loaded once."""
+    model, eager, heads, _ = pair
+    d = save_heads(heads.first(K), tmp_path / "heads")
+    ids = torch.tensor([ROW])
+    model._guessing.clear()  # other tests' heads
+    for _ in range(2):
+        fast = _blockwise(model, str(d), ids)
+        assert served and len(model._guessing) == 1
+        steps = set(map(id, model._guessing.values()))
+        served.clear()
+    assert steps == set(map(id, model._guessing.values()))
+    _same_run(fast, _blockwise(eager, str(d), ids))

@@ -254,6 +254,21 @@ def test_frozen_library_never_serves_changed_weights(change, library, cache_dir,
     assert built and model._compiled is not first  # the old library was dropped, a new one asked for
 
 
+def test_weights_made_under_inference_mode(library, cache_dir, monkeypatch):
+    """Weights created under torch.inference_mode (a model loaded inside it, as generate() loads
+    blockwise heads from a directory) have no version counter: the library still loads for them (by
+    their values) and its steps match the float64 oracle."""
+    for f in files(library("llama")):
+        shutil.copy(f, cache_dir)
+    no_build(monkeypatch)
+    with torch.inference_mode():
+        model = build("llama")
+    assert model.lm_head.weight.is_inference()
+    model.compile_step = True
+    script(model, lambda ids, c: model(ids, c))
+    assert model._compiled is not None and model._compiled.run is not None
+
+
 def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
     for f in files(library("llama")):
         shutil.copy(f, cache_dir)
