@@ -113,22 +113,24 @@ class BlockwiseHeads(nn.Module):
         w1, w2 = self.w1.to(hidden.dtype), self.w2.to(hidden.dtype)
         u = F.silu(torch.einsum("btd,kdh->btkh", hidden, w1))  # (B, T, k, hidden)
         h = hidden[:, :, None, :] + torch.einsum("btkh,khd->btkd", u, w2)  # residual (B, T, k, dim)
-        hf = h.float()  # float32 statistics, as the target's RMSNorm
+        return self._norm(h, self.norm_weight)
+
+    def _norm(self, h: Tensor, weight: Tensor) -> Tensor:
+        """The heads' output norm: float32 statistics, as the target's RMSNorm."""
+        hf = h.float()
         hf = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
-        return self.norm_weight.to(hidden.dtype) * hf.to(hidden.dtype)
+        return weight.to(h.dtype) * hf.to(h.dtype)
 
     def greedy_guesses(self, hidden: Tensor, target) -> tuple[Tensor, Tensor]:
         """hidden (N, dim) -> (the target's logits (N, V), each row's k greedy guesses (N, k)), as one
         graph runs them (models/compiled_cpu.py): 2-D matmuls per head (a batched matmul over the heads
         has no C++ GEMM template), and one lm_head matmul over the target's rows and the heads' features
         together, so the LM head is read once for both."""
-        dt, eps, N = hidden.dtype, self.config.norm_eps, hidden.shape[0]
+        dt, N = hidden.dtype, hidden.shape[0]
         rows = [hidden]
         for i in range(self.k):
             h = hidden + F.silu(hidden @ self.w1[i].to(dt)) @ self.w2[i].to(dt)
-            hf = h.float()
-            hf = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
-            rows.append(self.norm_weight[i].to(dt) * hf.to(dt))
+            rows.append(self._norm(h, self.norm_weight[i]))
         out = target.lm_head(torch.cat(rows))  # (N (k + 1), V): the target's rows, then head by head
         return out[:N], out[N:].view(self.k, N, -1).argmax(-1).T
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..processors import kth_largest
+
 
 def applies(warp) -> bool:
     """Warpers this arithmetic reproduces: none, temperature, top-k."""
@@ -46,7 +48,7 @@ def support(s: np.ndarray, warp) -> Support:
     k-th largest, as processors.top_k; softmax over what is kept."""
     top = None if warp is None else warp.top_k
     if top is not None and top < s.shape[0]:
-        ids = np.flatnonzero(s >= np.partition(s, -top)[-top])
+        ids = np.flatnonzero(s >= kth_largest(s, top))
         x = s[ids].astype(np.float64)
     else:
         ids, x = np.arange(s.shape[0]), s.astype(np.float64)

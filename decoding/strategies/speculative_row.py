@@ -32,7 +32,7 @@ from torch import Tensor
 from .. import sampling
 from ..capabilities import cache_size, compiled_guessing
 from ..output import GenerationOutput, GenerationStats
-from ..processors import Pipeline
+from ..processors import Pipeline, kth_largest
 from ..verify import Proposal, Round, _trace, sample_accept
 from . import row_sampling
 
@@ -243,8 +243,7 @@ def _heads_guess(heads, hidden: Tensor, token: int, target, vocab: int) -> list[
 def _within(scores: np.ndarray, guess: int, top_k: int) -> bool:
     """blockwise.topk_accept for one position: the guess scores at least the top_k-th best (ties
     inside) and is not suppressed."""
-    t = min(top_k, scores.shape[0])
-    kth = np.partition(scores, -t)[-t]
+    kth = kth_largest(scores, min(top_k, scores.shape[0]))[0]
     return bool(scores[guess] >= kth and scores[guess] > -np.inf)
 
 
