@@ -107,6 +107,9 @@ def attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, batch: AttentionBatch, *
     if batch.kernel is not None and q.dtype == k.dtype and q.dtype in KERNEL_DTYPES and q.shape[-1] <= 256:
         return batch.kernel(q, k, v, batch.lengths, q_lens=batch.q_lens, window=window, sm_scale=sm_scale)
     if batch.fused:
+        if k.dtype != torch.float32:  # fp32 sums; cast before the slice (a cast of the slice guards its length)
+            k, v = k_cache.float()[:, :, :L], v_cache.float()[:, :, :L]
+            return fused_attention(q.float(), k, v, batch.mask(window), sm_scale).to(q.dtype)
         return fused_attention(q, k, v, batch.mask(window), sm_scale)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=batch.mask(window),
                                          scale=sm_scale, enable_gqa=k.shape[1] != q.shape[2])

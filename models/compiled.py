@@ -35,6 +35,9 @@ def llama_static_logits(model, input_ids: Tensor, cache, hidden: bool = False, k
     batch = AttentionBatch.static(slots, cache.lengths + T, cache)
     cos, sin = rope_cos_sin(slots, model.inv_freq, model.dtype)
     x = model.embed(input_ids)
+    if torch.compiler.is_compiling():  # stored once: else inductor re-gathers it in every layer's norms
+        from torch._inductor import inductor_prims  # noqa: F401  (registers prims.inductor_force_stride_order)
+        x = torch.ops.prims.inductor_force_stride_order(x, x.stride())
     for layer in model.layers:
         x = layer(x, cos, sin, cache, batch)
     h = model.norm(last(x, keep))
