@@ -202,8 +202,8 @@ def test_bench_verb_without_the_bench_package(monkeypatch, capsys):
 
 
 def test_threads_one_for_small_eager_models_all_for_the_compiled_step(monkeypatch):
-    """The CLI's default threads: a small model whose steps run eagerly gets one; a native fp32
-    model whose steps run the compiled step (the switch and rule of models/compiled_cpu.py) keeps
+    """The CLI's default threads: a small model whose steps run eagerly gets one; a native model
+    (fp32 or half) whose steps run the compiled step (the switch and rule of models/compiled_cpu.py) keeps
     torch's default; an HF model through the adapter runs eagerly."""
     from decoding.cli_common import use_threads
     from hf_tiny import tiny
@@ -212,9 +212,26 @@ def test_threads_one_for_small_eager_models_all_for_the_compiled_step(monkeypatc
         model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2)).to(dtype)
         model.compile_step = switch
         return model
-    cases = [(native(), False), (native(switch=False), True), (native(dtype=torch.float16), True),
-             (tiny("llama"), True)]
+    cases = [(native(), False), (native(switch=False), True), (native(dtype=torch.float16), False),
+             (native(switch=False, dtype=torch.bfloat16), True), (tiny("llama"), True)]
     for model, one in cases:
         torch.set_num_threads(2)
         use_threads(0, model, torch.device("cpu"))
         assert (torch.get_num_threads() == 1) == one, (type(model).__name__, model.dtype)
+
+
+def test_assistant_dtype_auto_keeps_a_compiled_drafts_half_precision(tmp_path, monkeypatch):
+    """--assistant-dtype auto on CPU: a native draft stored in half precision stays in it where its
+    step runs compiled (half the bytes a draft step reads; a draft never changes the output), and
+    runs in float32 where it would run eagerly; an explicit dtype is taken as given."""
+    model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2)).half()
+    draft = checkpoint.save(model, tmp_path / "draft")
+    cpu = torch.device("cpu")
+
+    def dtype(choice, env):
+        monkeypatch.setenv("DECODING_COMPILE", env)
+        args = argparse.Namespace(assistant=str(draft), assistant_dtype=choice, native=False)
+        return cli.load_assistant(args, cpu, torch.float32).dtype
+    assert dtype("auto", "1") == torch.float16
+    assert dtype("auto", "0") == torch.float32  # eager half matmuls are slow on a CPU
+    assert dtype("bfloat16", "0") == torch.bfloat16 and dtype("float32", "1") == torch.float32
