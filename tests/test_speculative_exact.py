@@ -3,6 +3,7 @@ vocabulary, the joint distribution of 2-3 generated tokens is enumerated from fu
 target through HF's own processors (the oracle), and tens of thousands of speculative samples
 (one batched call, fixed seed) pass a chi-square test against it. A wrong acceptance rule
 (resampling a rejection from p instead of norm(max(0, p - q))) fails the same test."""
+import copy
 import itertools
 
 import pytest
@@ -93,6 +94,18 @@ def test_draft_samples_follow_the_target(pair, kw):
     assert chi2_pvalue(cells, probs) > 1e-3
     rates = stats.accept_rate_by_position
     assert len(rates) == 2 and 0.01 < rates[0] < 0.99, "the test needs both acceptances and rejections"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_a_half_precision_draft_keeps_the_target_distribution(pair, dtype):
+    """The draft in half precision (the CPU's fast draft: its checkpoint's own dtype) only changes the
+    proposals q; the fp32 target's distribution is what comes out."""
+    target, draft = pair
+    half = copy.deepcopy(draft).to(dtype)
+    cells, stats = sample_cells(target, 3, assistant_model=half, num_assistant_tokens=2,
+                                assistant_confidence_threshold=0)
+    assert chi2_pvalue(cells, joint(target, 3)) > 1e-3
+    assert 0.01 < stats.accept_rate_by_position[0] < 0.99
 
 
 def test_max_new_tokens_below_k(pair):
