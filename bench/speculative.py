@@ -13,6 +13,11 @@ figure is the median over --runs runs; within a run every method takes its turn 
 before the next prompt, so bursts of machine noise hit all methods alike. tau = new tokens per
 target forward per row, counted by forward hooks for HF.
 
+The draft runs in float16 (--draft-dtype), the shipped checkpoint's own dtype and what the CLI picks
+on a CPU: its compiled step reads half the bytes, and a draft's dtype never changes the output
+(greedy rows still report match_vs_greedy). At the middle k, batch 1, the same calls with the draft
+in float32 run beside it; HF's draft is float32 (eager half-precision matmuls are slow on a CPU).
+
 HF assisted generation reads k from the assistant's generation_config (docs/DESIGN.md 2): the bench
 sets num_assistant_tokens=k, schedule "constant" and assistant_confidence_threshold=0 there, and
 passes assistant_confidence_threshold=0 to the engine, so both draft exactly k tokens a round.
@@ -40,9 +45,9 @@ KS = (2, 4, 6)
 
 # -- models and prompts ----------------------------------------------------------------------------
 
-def shipped(dtype):
+def shipped(dtype, draft_dtype):
     from models.checkpoint import load
-    return load("models/shipped/target", dtype=dtype), load("models/shipped/draft", dtype=dtype)
+    return load("models/shipped/target", dtype=dtype), load("models/shipped/draft", dtype=draft_dtype)
 
 
 def tiny_pair():
@@ -79,8 +84,9 @@ class Counter:
 
 THRESHOLD = 0.4  # HF's default assistant_confidence_threshold, and the engine's
 
-def methods(target, draft, hf_target, hf_draft, batch: int, ks) -> dict:
-    """name -> (label, k, call(rows) -> (sequences, stats dict)). HF assisted only at batch 1."""
+def methods(target, draft, hf_target, hf_draft, batch: int, ks, draft32=None) -> dict:
+    """name -> (label, k, call(rows) -> (sequences, stats dict)). HF assisted only at batch 1.
+    draft32: the draft in float32 beside a half-precision one, at the middle k (batch 1)."""
     exact = dict(assistant_confidence_threshold=0)
     sample = dict(do_sample=True, seed=0)
     out = {"engine greedy": ("greedy", None, {}), "engine sample": ("sample", None, sample)}
@@ -94,6 +100,10 @@ def methods(target, draft, hf_target, hf_draft, batch: int, ks) -> dict:
     default = dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=THRESHOLD)
     out[f"engine spec greedy k={k}, threshold {THRESHOLD}"] = ("spec greedy (threshold)", k, default)
     out[f"engine spec sample k={k}, threshold {THRESHOLD}"] = ("spec sample (threshold)", k, {**default, **sample})
+    if draft32 is not None and batch == 1:
+        fp32 = dict(assistant_model=draft32, num_assistant_tokens=k, **exact)
+        out[f"engine spec greedy k={k}, draft fp32"] = ("spec greedy (draft fp32)", k, fp32)
+        out[f"engine spec sample k={k}, draft fp32"] = ("spec sample (draft fp32)", k, {**fp32, **sample})
     calls = {name: (label, k, _engine(target, kw)) for name, (label, k, kw) in out.items()}
     if hf_target is not None:
         calls["HF greedy"] = ("HF greedy", None, _hf(hf_target, None, None, {}))
@@ -244,6 +254,10 @@ def goals(rows: list[dict]) -> str:
                 f"{t4['x_engine_greedy']:.2f}x with threshold {THRESHOLD}",
                 f"- speculative sampling >= 1.1x engine sampling: {s4['x_engine_sample']:.2f}x with exactly 4 guesses "
                 f"a round, {ts4['x_engine_sample']:.2f}x with threshold {THRESHOLD}"]
+        g32, s32 = get.get((1, "engine spec greedy k=4, draft fp32")), get.get((1, "engine spec sample k=4, draft fp32"))
+        if g32 is not None and s32 is not None:
+            out.append(f"- the same with the draft in float32 (exactly 4 guesses): {g32['x_engine_greedy']:.2f}x greedy, "
+                       f"{s32['x_engine_sample']:.2f}x sampling")
     return "\n".join(out)
 
 
@@ -261,6 +275,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--no-hf", action="store_true", help="skip HF generate")
+    ap.add_argument("--draft-dtype", default="float16", choices=["float32", "float16", "bfloat16"],
+                    help="the draft's weights (float16: the shipped draft's own, what the CLI's --assistant-dtype "
+                         "auto runs on CPU; a draft never changes the output). A half-precision draft is also "
+                         "timed in float32 at the middle k")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="weights and activations (fp32: greedy modes are token-identical; the shipped "
                          "checkpoints are stored in fp16)")
@@ -273,16 +291,19 @@ def main(argv=None) -> dict:
 
     if args.smoke:
         target, draft = tiny_pair()
+        draft = draft.to(getattr(torch, args.draft_dtype))
         prompts, n, runs, ks = random_prompts(4, 12, target.vocab_size), 6, 1, (2,)
     else:
-        target, draft = shipped(getattr(torch, args.dtype))
+        target, draft = shipped(getattr(torch, args.dtype), getattr(torch, args.draft_dtype))
         prompts, n, runs, ks = code_prompts(args.prompts, args.prompt_len), args.new_tokens, args.runs, KS
+    import copy
+    draft32 = copy.deepcopy(draft).float() if draft.dtype != torch.float32 else None
     hf_target = hf_draft = None
-    if not args.no_hf:
-        hf_target, hf_draft = to_hf(target), to_hf(draft)
+    if not args.no_hf:  # HF's draft in float32: its eager half-precision matmuls are slow on a CPU
+        hf_target, hf_draft = to_hf(target), to_hf(draft32 if draft32 is not None else draft)
     rows = []
     for batch in (1, len(prompts)):
-        calls = methods(target, draft, hf_target, hf_draft, batch, ks)
+        calls = methods(target, draft, hf_target, hf_draft, batch, ks, draft32)
         rows += measure(calls, prompts, batch, n, runs)
         print(markdown_table([r for r in rows if r["batch"] == batch], COLUMNS), flush=True)
     single = {r["method"]: r["tokens_per_s"] for r in rows if r["batch"] == 1}
@@ -295,6 +316,7 @@ def main(argv=None) -> dict:
               "draft": sum(p.numel() for p in draft.parameters())}
     argv_used = sys.argv[1:] if argv is None else list(argv)
     payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "dtype": str(target.dtype),
+               "draft_dtype": str(draft.dtype),
                "new_tokens": n, "prompts": len(prompts), "prompt_len": len(prompts[0]), "runs": runs,
                "parameters": params, "rows": rows}
     md = ["# Speculative decoding: shipped target + draft, prompt lookup, HF assisted generation\n",
@@ -303,7 +325,7 @@ def main(argv=None) -> dict:
           f"{os.getloadavg()[0]:.1f} (a shared machine); `python -m bench.speculative "
           f"{' '.join(argv_used)}`.\n",
           f"{len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens per row (eos off), "
-          f"{target.dtype}; "
+          f"target {target.dtype}, draft {draft.dtype} (a draft never changes the output); "
           f"median of {runs} runs. Target {params['target']:,} parameters, draft {params['draft']:,}. "
           "tokens/s counts whole calls (prefill included) over all prompts; batch 1 = the prompts one at a "
           "time. x_single_rows: batch 4 over 4 single-row runs of the same method.\n",

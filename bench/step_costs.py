@@ -265,6 +265,8 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=4, help="guesses per round (both goals are stated at k = 4)")
     ap.add_argument("--blockwise-k", type=int, default=1, help="blockwise's heads a round (its goal names none)")
     ap.add_argument("--heads", type=Path, default=SHIPPED / "heads", help="blockwise's heads directory")
+    ap.add_argument("--draft-dtype", default="float16", choices=["float32", "float16", "bfloat16"],
+                    help="the draft's weights (float16: the shipped draft's own, the CLI's choice on CPU)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=96)
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -289,7 +291,7 @@ def main(argv=None):
         from models.checkpoint import load
         from models.heads import load_heads
         target = load(SHIPPED / "target", dtype=torch.float32)
-        draft = load(SHIPPED / "draft", dtype=torch.float32)
+        draft = load(SHIPPED / "draft", dtype=getattr(torch, args.draft_dtype))
         heads = load_heads(args.heads, target)
         bk = args.blockwise_k
         heads = heads if heads.k == bk else heads.first(bk)  # the module blockwise will call (timed in part 2)
@@ -307,14 +309,15 @@ def main(argv=None):
     info = machine()
     argv_used = sys.argv[1:] if argv is None else list(argv)
     payload = {"machine": info, "loadavg_after": os.getloadavg(), "argv": argv_used, "k": k, "blockwise_k": heads.k,
-               "prompts": len(prompts), "prompt_len": len(prompts[0]), "new_tokens": n,
+               "draft_dtype": str(draft.dtype), "prompts": len(prompts), "prompt_len": len(prompts[0]), "new_tokens": n,
                "forwards_alone": alone, "calls": calls_, "arithmetic": sums}
     md = ["# Step costs: where a round's time goes, and what the speed goals need\n",
           f"Machine: {info['device']}, {info.get('threads')} torch threads, torch {info['torch']}, python "
           f"{info['python']}; load average after the run {os.getloadavg()[0]:.1f} (a shared machine); "
           f"`python -m bench.step_costs {' '.join(argv_used)}`.\n",
           "## 1. Forwards alone (median ms over interleaved repetitions)\n",
-          f"Target and draft each hold a {len(prompts[0])}-token context.\n",
+          f"Target and draft each hold a {len(prompts[0])}-token context. Target float32, draft {draft.dtype} "
+          "(a draft never changes the output).\n",
           markdown_table(alone, ["item", "ms"]), "",
           f"## 2. Whole calls ({len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens each, batch 1, "
           f"{runs} passes summed; rounds per pass)\n",

@@ -1,5 +1,6 @@
 """bench/speculative.py --smoke runs end to end: JSON + markdown + PNG, every method at batch 1 and
-4, and the deterministic methods reproduce the engine's greedy output token for token."""
+4 (and the draft in float32 beside the default half-precision one), and the deterministic methods
+reproduce the engine's greedy output token for token."""
 import json
 
 from bench.speculative import main
@@ -14,9 +15,11 @@ def test_speculative_bench_smoke(tmp_path):
     rows = {(r["batch"], r["method"]): r for r in res["rows"]}
     for key in [(1, "engine spec greedy k=2"), (4, "engine spec sample k=2"), (1, "HF assisted greedy k=2"),
                 (4, "engine lookup greedy k=2"), (1, "engine spec greedy k=2, threshold 0.4"),
-                (1, "engine spec sample k=2, threshold 0.4")]:
+                (1, "engine spec sample k=2, threshold 0.4"), (1, "engine spec greedy k=2, draft fp32"),
+                (1, "engine spec sample k=2, draft fp32")]:
         assert rows[key]["tokens_per_s"] > 0 and rows[key]["tau"] >= 1, key
     for r in res["rows"]:
         if "match_vs_greedy" in r:
             assert r["match_vs_greedy"] == 1.0, r["method"]
     assert "x_single_rows" in rows[(4, "engine spec greedy k=2")]
+    assert res["draft_dtype"] == "torch.float16"  # the default: the draft in half precision, fp32 beside it
