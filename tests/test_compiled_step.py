@@ -379,6 +379,37 @@ def test_half_precision_runs_the_library_by_default(dtype, cache_dir, monkeypatc
     assert calls and set(calls) == {dtype}  # the draft's steps ran its library
 
 
+def test_half_precision_prompt_too_wide_for_one_step_runs_in_chunks(cache_dir, monkeypatch):
+    """A half-precision model's mask-free prompt of more than PROMPT_ROWS rows runs the library in
+    chunks of PROMPT_ROWS // B tokens (its eager matmuls are slow on a CPU): the kept logits and hidden
+    states (all, the last, a span across the chunks) within rounding of the float64 oracle and of the
+    eager forward, the cache as long as the prompt."""
+    model = build("llama").half()
+    model.compile_step = True
+    oracle = RecomputeModel(copy.deepcopy(model).double())
+    B, T = 4, 40  # 160 rows: chunks of 32 and 8 tokens
+    assert B * T > cc.PROMPT_ROWS and T <= cc.MAX_TOKENS
+    ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(6))
+    calls, run = [], cc.CompiledStep.__call__
+    monkeypatch.setattr(cc.CompiledStep, "__call__", lambda self, x, *a: calls.append(x.shape) or run(self, x, *a))
+    eps = torch.finfo(torch.float16).eps
+    with torch.no_grad():
+        for keep, hidden in ((0, False), (1, False), (10, True)):
+            cache, ocache, twin = model.new_cache(B, 48), oracle.new_cache(B, 48), model.new_cache(B, 48)
+            n = len(calls)
+            out = model(ids, cache, logits_to_keep=keep, return_hidden=hidden)
+            assert calls[n:] == [(B, 32), (B, 8)]  # through the library, two chunks
+            model.compile_step = False
+            eager = model(ids, twin, logits_to_keep=keep, return_hidden=hidden)
+            model.compile_step = True
+            ref = oracle.with_hidden(ids, ocache) if hidden else oracle(ids, ocache)
+            for o, e, r in zip(*((x if hidden else (x,)) for x in (out, eager, ref))):
+                r = r[:, -(keep or T):]
+                assert o.shape == e.shape == r.shape
+                assert (o.double() - r).abs().max() < 8 * eps and (o - e).abs().max() < 8 * eps
+            assert cache.lengths.tolist() == [T] * B
+
+
 def copy_default_library(src, dst) -> None:
     for meta in src.glob("*.json"):
         if "blocking" not in json.loads(meta.read_text())["key"]:
