@@ -40,14 +40,23 @@ def build(name: str, seed: int = 0):
     return model
 
 
+def same_argmax(out, ref, tol: float) -> bool:
+    """Equal argmax wherever ref's best logit leads its second by more than tol."""
+    top = ref.double().topk(2, dim=-1).values
+    clear = (top[..., 0] - top[..., 1]) > tol
+    return torch.equal(out.argmax(-1)[clear], ref.argmax(-1)[clear])
+
+
 def script(model, step, *, check_eager: bool = False, hidden: bool = False, poison: bool = False,
-           atol: float = 1e-4, eager_atol: float = 1e-5):
+           atol: float = 1e-4, eager_atol: float = 1e-5, tie: float = 0):
     """Prefill, STEPS, truncation CUT, two more steps; every step's logits against the float64 oracle
     (|diff| < atol, same argmax) and, with check_eager, against the eager forward on its own cache
     (same argmax, |diff| < eager_atol).
     hidden: the step returns (logits, final-norm hidden states), both checked. poison: the cache's
     slots from 24 on (past any row's length in this script, short of the capacity 40) hold NaN, so a
-    step that reads keys past the longest row (masked or not) turns its output NaN."""
+    step that reads keys past the longest row (masked or not) turns its output NaN. tie: argmaxes
+    are compared only where the reference's top two logits are more than `tie` apart (half
+    precision: a near tie may flip)."""
     oracle = RecomputeModel(copy.deepcopy(model).double())
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, V, (3, 7), generator=g)
@@ -74,13 +83,13 @@ def script(model, step, *, check_eager: bool = False, hidden: bool = False, pois
                 assert h.shape == ref_h.shape and torch.allclose(h, ref_h, atol=1e-4), (i, (h - ref_h).abs().max())
             assert out.shape == ref.shape
             assert (out.double() - ref).abs().max() < atol, (i, (out.double() - ref).abs().max())
-            assert torch.equal(out.argmax(-1), ref.argmax(-1))
+            assert same_argmax(out, ref, tie)
             assert cache.lengths.tolist() == ocache.lengths.tolist()
             if check_eager:
                 model.compile_step = False
                 e = model(ids, eager)
                 model.compile_step = True
-                assert torch.equal(out.argmax(-1), e.argmax(-1)) and (out - e).abs().max() < eager_atol
+                assert same_argmax(out, e, tie) and (out - e).abs().max() < eager_atol
 
 
 @pytest.mark.parametrize("name", ["llama", "yoco"])
@@ -362,8 +371,10 @@ def test_half_precision_runs_the_library_by_default(dtype, cache_dir, monkeypatc
     model = build("llama").to(dtype)
     assert model.compile_step is None
     eps = torch.finfo(dtype).eps  # 2^-10 (fp16), 2^-7 (bf16); logits here reach ~1.3. Measured: the
-    # library within 1.8 eps of the oracle, the eager step within 2.7 eps, the two 3.4 eps apart
-    script(model, lambda ids, c: model(ids, c), check_eager=True, poison=True, atol=8 * eps, eager_atol=8 * eps)
+    # library within 1.5 eps of the oracle and 3.5 eps of the eager step; in bf16 argmaxes flipped
+    # where the top two were at most 1 eps apart
+    script(model, lambda ids, c: model(ids, c), check_eager=True, poison=True, atol=8 * eps, eager_atol=8 * eps,
+           tie=2 * eps)
     assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
     import decoding
     target = build("llama", seed=3)  # fp32, eager: the reference greedy
