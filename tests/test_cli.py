@@ -221,17 +221,19 @@ def test_threads_one_for_small_eager_models_all_for_the_compiled_step(monkeypatc
 
 
 def test_assistant_dtype_auto_keeps_a_compiled_drafts_half_precision(tmp_path, monkeypatch):
-    """--assistant-dtype auto on CPU: a native draft stored in half precision stays in it where its
-    step runs compiled (half the bytes a draft step reads; a draft never changes the output), and
-    runs in float32 where it would run eagerly; an explicit dtype is taken as given."""
+    """--assistant-dtype auto on CPU: a native draft stored in half precision stays in it for one row
+    where its step runs compiled (half the bytes a draft step reads; a draft never changes the
+    output), and runs in float32 for a batch or where it would run eagerly; an explicit dtype is
+    taken as given."""
     model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2)).half()
     draft = checkpoint.save(model, tmp_path / "draft")
     cpu = torch.device("cpu")
 
-    def dtype(choice, env):
+    def dtype(choice, env, rows=1):
         monkeypatch.setenv("DECODING_COMPILE", env)
         args = argparse.Namespace(assistant=str(draft), assistant_dtype=choice, native=False)
-        return cli.load_assistant(args, cpu, torch.float32).dtype
+        return cli.load_assistant(args, cpu, torch.float32, rows).dtype
     assert dtype("auto", "1") == torch.float16
+    assert dtype("auto", "1", rows=2) == torch.float32  # a batch: the half library is slower there
     assert dtype("auto", "0") == torch.float32  # eager half matmuls are slow on a CPU
-    assert dtype("bfloat16", "0") == torch.bfloat16 and dtype("float32", "1") == torch.float32
+    assert dtype("bfloat16", "0", rows=4) == torch.bfloat16 and dtype("float32", "1") == torch.float32
