@@ -13,10 +13,12 @@ figure is the median over --runs runs; within a run every method takes its turn 
 before the next prompt, so bursts of machine noise hit all methods alike. tau = new tokens per
 target forward per row, counted by forward hooks for HF.
 
-The draft runs in float16 (--draft-dtype), the shipped checkpoint's own dtype and what the CLI picks
-on a CPU: its compiled step reads half the bytes, and a draft's dtype never changes the output
-(greedy rows still report match_vs_greedy). At the middle k, batch 1, the same calls with the draft
-in float32 run beside it; HF's draft is float32 (eager half-precision matmuls are slow on a CPU).
+At batch 1 the draft runs in float16 (--draft-dtype), the shipped checkpoint's own dtype and what
+the CLI picks on a CPU for one row: its compiled step reads half the bytes, and a draft's dtype never
+changes the output (greedy rows still report match_vs_greedy). At the middle k the same calls with
+the draft in float32 run beside it. Batch 4 drafts in float32, as the CLI does for a batch: the
+half-precision library is slower at 4 rows (its GEMMs convert every row's inputs). HF's draft is
+float32 (eager half-precision matmuls are slow on a CPU).
 
 HF assisted generation reads k from the assistant's generation_config (docs/DESIGN.md 2): the bench
 sets num_assistant_tokens=k, schedule "constant" and assistant_confidence_threshold=0 there, and
@@ -302,8 +304,9 @@ def main(argv=None) -> dict:
     if not args.no_hf:  # HF's draft in float32: its eager half-precision matmuls are slow on a CPU
         hf_target, hf_draft = to_hf(target), to_hf(draft32 if draft32 is not None else draft)
     rows = []
-    for batch in (1, len(prompts)):
-        calls = methods(target, draft, hf_target, hf_draft, batch, ks, draft32)
+    for batch in (1, len(prompts)):  # a batch drafts in float32: the half library is slower at 4 rows
+        calls = methods(target, draft if batch == 1 or draft32 is None else draft32, hf_target, hf_draft, batch, ks,
+                        draft32)
         rows += measure(calls, prompts, batch, n, runs)
         print(markdown_table([r for r in rows if r["batch"] == batch], COLUMNS), flush=True)
     single = {r["method"]: r["tokens_per_s"] for r in rows if r["batch"] == 1}
@@ -325,7 +328,8 @@ def main(argv=None) -> dict:
           f"{os.getloadavg()[0]:.1f} (a shared machine); `python -m bench.speculative "
           f"{' '.join(argv_used)}`.\n",
           f"{len(prompts)} prompts of {len(prompts[0])} tokens, {n} new tokens per row (eos off), "
-          f"target {target.dtype}, draft {draft.dtype} (a draft never changes the output); "
+          f"target {target.dtype}, draft {draft.dtype} at batch 1, float32 at batch {len(prompts)} (a draft never "
+          "changes the output); "
           f"median of {runs} runs. Target {params['target']:,} parameters, draft {params['draft']:,}. "
           "tokens/s counts whole calls (prefill included) over all prompts; batch 1 = the prompts one at a "
           "time. x_single_rows: batch 4 over 4 single-row runs of the same method.\n",
