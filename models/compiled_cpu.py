@@ -30,7 +30,8 @@ Attention reads keys up to the cache's host bound on its longest row (a size amo
 StaticCache.step_state), not its capacity: a step costs by the context held.
 
 Switch: `model.compile_step = False` (always eager) or True (compiled wherever it can be); None,
-the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule.
+the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule (fp32,
+and fp16 / bf16: a draft in its checkpoint's half precision reads half the bytes a step).
 Disk cache: $DECODING_COMPILE_CACHE, else $XDG_CACHE_HOME/decoding/compiled (~/.cache/...). A file
 is named by a hash of everything the library depends on (torch version, CPU capability, threads,
 model source, config, dtype, weight shapes and strides, and for a frozen library the weights'

@@ -156,7 +156,7 @@ class NativeDecoder(nn.Module):
     def chunked_step(self, input_ids: Tensor, cache, logits_to_keep: int, return_hidden: bool):
         """A mask-free forward too wide for one compiled CPU step (a long prompt), as library calls
         of at most PROMPT_ROWS rows each, in order; None where no library runs (nothing written).
-        For half precision: eager half-precision matmuls on a CPU ran 4-13x slower than the
+        For half precision: eager half-precision steps on a CPU ran 5-13x slower than the
         library (the shipped draft's and target's steps)."""
         from .compiled_cpu import MAX_TOKENS, PROMPT_ROWS
         B, T = input_ids.shape
