@@ -13,12 +13,14 @@ figure is the median over --runs runs; within a run every method takes its turn 
 before the next prompt, so bursts of machine noise hit all methods alike. tau = new tokens per
 target forward per row, counted by forward hooks for HF.
 
-At batch 1 the draft runs in float16 (--draft-dtype), the shipped checkpoint's own dtype and what
-the CLI picks on a CPU for one row: its compiled step reads half the bytes, and a draft's dtype never
-changes the output (greedy rows still report match_vs_greedy). At the middle k the same calls with
-the draft in float32 run beside it. Batch 4 drafts in float32, as the CLI does for a batch: the
-half-precision library was slower at 4 rows (0.32 ms a draft step against 0.29). HF's draft is
-float32 (eager half-precision matmuls are slow on a CPU).
+At batch 1 the draft runs in --draft-dtype, by default what the CLI's --assistant-dtype auto picks
+for one row: the shipped checkpoint's float16 where its compiled step beats float32 (a CPU with
+AVX-512: half the bytes a step reads), else float32 (models.compiled_cpu.half_draft_pays). A
+draft's dtype never changes the output (greedy rows still report match_vs_greedy). At the middle k
+the same calls with the draft in the other dtype (float32 beside a half draft, float16 beside a
+float32 one) run beside it. Batch 4 drafts in float32, as the CLI does for a batch: the
+half-precision library was slower at 4 rows on both CPUs measured. HF's draft is float32 (eager
+half-precision matmuls are slow on a CPU).
 
 HF assisted generation reads k from the assistant's generation_config (docs/DESIGN.md 2): the bench
 sets num_assistant_tokens=k, schedule "constant" and assistant_confidence_threshold=0 there, and
@@ -85,10 +87,11 @@ class Counter:
 # -- methods -----------------------------------------------------------------------------------------
 
 THRESHOLD = 0.4  # HF's default assistant_confidence_threshold, and the engine's
+SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-def methods(target, draft, hf_target, hf_draft, batch: int, ks, draft32=None) -> dict:
+def methods(target, draft, hf_target, hf_draft, batch: int, ks, beside=None) -> dict:
     """name -> (label, k, call(rows) -> (sequences, stats dict)). HF assisted only at batch 1.
-    draft32: the draft in float32 beside a half-precision one, at the middle k (batch 1)."""
+    beside: the draft in another dtype, timed at the middle k (batch 1)."""
     exact = dict(assistant_confidence_threshold=0)
     sample = dict(do_sample=True, seed=0)
     out = {"engine greedy": ("greedy", None, {}), "engine sample": ("sample", None, sample)}
@@ -102,10 +105,10 @@ def methods(target, draft, hf_target, hf_draft, batch: int, ks, draft32=None) ->
     default = dict(assistant_model=draft, num_assistant_tokens=k, assistant_confidence_threshold=THRESHOLD)
     out[f"engine spec greedy k={k}, threshold {THRESHOLD}"] = ("spec greedy (threshold)", k, default)
     out[f"engine spec sample k={k}, threshold {THRESHOLD}"] = ("spec sample (threshold)", k, {**default, **sample})
-    if draft32 is not None and batch == 1:
-        fp32 = dict(assistant_model=draft32, num_assistant_tokens=k, **exact)
-        out[f"engine spec greedy k={k}, draft fp32"] = ("spec greedy (draft fp32)", k, fp32)
-        out[f"engine spec sample k={k}, draft fp32"] = ("spec sample (draft fp32)", k, {**fp32, **sample})
+    if beside is not None and batch == 1:
+        other, name = dict(assistant_model=beside, num_assistant_tokens=k, **exact), SHORT[beside.dtype]
+        out[f"engine spec greedy k={k}, draft {name}"] = (f"spec greedy (draft {name})", k, other)
+        out[f"engine spec sample k={k}, draft {name}"] = (f"spec sample (draft {name})", k, {**other, **sample})
     calls = {name: (label, k, _engine(target, kw)) for name, (label, k, kw) in out.items()}
     if hf_target is not None:
         calls["HF greedy"] = ("HF greedy", None, _hf(hf_target, None, None, {}))
@@ -256,10 +259,11 @@ def goals(rows: list[dict]) -> str:
                 f"{t4['x_engine_greedy']:.2f}x with threshold {THRESHOLD}",
                 f"- speculative sampling >= 1.1x engine sampling: {s4['x_engine_sample']:.2f}x with exactly 4 guesses "
                 f"a round, {ts4['x_engine_sample']:.2f}x with threshold {THRESHOLD}"]
-        g32, s32 = get.get((1, "engine spec greedy k=4, draft fp32")), get.get((1, "engine spec sample k=4, draft fp32"))
-        if g32 is not None and s32 is not None:
-            out.append(f"- the same with the draft in float32 (exactly 4 guesses): {g32['x_engine_greedy']:.2f}x greedy, "
-                       f"{s32['x_engine_sample']:.2f}x sampling")
+        for name in SHORT.values():
+            g, s = get.get((1, f"engine spec greedy k=4, draft {name}")), get.get((1, f"engine spec sample k=4, draft {name}"))
+            if g is not None and s is not None:
+                out.append(f"- the same with the draft in {name} (exactly 4 guesses): {g['x_engine_greedy']:.2f}x greedy, "
+                           f"{s['x_engine_sample']:.2f}x sampling")
     return "\n".join(out)
 
 
@@ -277,10 +281,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--no-hf", action="store_true", help="skip HF generate")
-    ap.add_argument("--draft-dtype", default="float16", choices=["float32", "float16", "bfloat16"],
-                    help="the draft's weights (float16: the shipped draft's own, what the CLI's --assistant-dtype "
-                         "auto runs on CPU; a draft never changes the output). A half-precision draft is also "
-                         "timed in float32 at the middle k")
+    ap.add_argument("--draft-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                    help="the draft's weights at batch 1 (auto: what the CLI's --assistant-dtype auto runs for one "
+                         "row; a draft never changes the output). The other dtype (float32 beside a half draft, "
+                         "float16 beside float32) is timed beside it at the middle k")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="weights and activations (fp32: greedy modes are token-identical; the shipped "
                          "checkpoints are stored in fp16)")
@@ -293,20 +297,24 @@ def main(argv=None) -> dict:
 
     if args.smoke:
         target, draft = tiny_pair()
-        draft = draft.to(getattr(torch, args.draft_dtype))
+        draft = draft.half() if args.draft_dtype == "auto" else draft.to(getattr(torch, args.draft_dtype))
         prompts, n, runs, ks = random_prompts(4, 12, target.vocab_size), 6, 1, (2,)
     else:
-        target, draft = shipped(getattr(torch, args.dtype), getattr(torch, args.draft_dtype))
+        target, draft = shipped(getattr(torch, args.dtype), None if args.draft_dtype == "auto" else
+                                getattr(torch, args.draft_dtype))
         prompts, n, runs, ks = code_prompts(args.prompts, args.prompt_len), args.new_tokens, args.runs, KS
     import copy
-    draft32 = copy.deepcopy(draft).float() if draft.dtype != torch.float32 else None
+    from models.compiled_cpu import half_draft_pays
+    if args.draft_dtype == "auto" and not half_draft_pays(draft, 1):  # the checkpoint's dtype, else fp32
+        draft = draft.float()
+    draft32 = draft if draft.dtype == torch.float32 else copy.deepcopy(draft).float()
+    beside = draft32 if draft is not draft32 else copy.deepcopy(draft).half()
     hf_target = hf_draft = None
     if not args.no_hf:  # HF's draft in float32: its eager half-precision matmuls are slow on a CPU
-        hf_target, hf_draft = to_hf(target), to_hf(draft32 if draft32 is not None else draft)
+        hf_target, hf_draft = to_hf(target), to_hf(draft32)
     rows = []
     for batch in (1, len(prompts)):  # a batch drafts in float32: the half library is slower at 4 rows
-        calls = methods(target, draft if batch == 1 or draft32 is None else draft32, hf_target, hf_draft, batch, ks,
-                        draft32)
+        calls = methods(target, draft if batch == 1 else draft32, hf_target, hf_draft, batch, ks, beside)
         rows += measure(calls, prompts, batch, n, runs)
         print(markdown_table([r for r in rows if r["batch"] == batch], COLUMNS), flush=True)
     single = {r["method"]: r["tokens_per_s"] for r in rows if r["batch"] == 1}

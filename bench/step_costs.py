@@ -265,8 +265,9 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=4, help="guesses per round (both goals are stated at k = 4)")
     ap.add_argument("--blockwise-k", type=int, default=1, help="blockwise's heads a round (its goal names none)")
     ap.add_argument("--heads", type=Path, default=SHIPPED / "heads", help="blockwise's heads directory")
-    ap.add_argument("--draft-dtype", default="float16", choices=["float32", "float16", "bfloat16"],
-                    help="the draft's weights (float16: the shipped draft's own, the CLI's choice on CPU)")
+    ap.add_argument("--draft-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                    help="the draft's weights (auto: the CLI's choice for one row, models.compiled_cpu."
+                         "half_draft_pays: the shipped float16 on an AVX-512 CPU, else float32)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=96)
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -291,7 +292,10 @@ def main(argv=None):
         from models.checkpoint import load
         from models.heads import load_heads
         target = load(SHIPPED / "target", dtype=torch.float32)
-        draft = load(SHIPPED / "draft", dtype=getattr(torch, args.draft_dtype))
+        from models.compiled_cpu import half_draft_pays
+        draft = load(SHIPPED / "draft", dtype=None if args.draft_dtype == "auto" else getattr(torch, args.draft_dtype))
+        if args.draft_dtype == "auto" and not half_draft_pays(draft, 1):
+            draft = draft.float()
         heads = load_heads(args.heads, target)
         bk = args.blockwise_k
         heads = heads if heads.k == bk else heads.first(bk)  # the module blockwise will call (timed in part 2)

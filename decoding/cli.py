@@ -60,21 +60,17 @@ def pick_dtype(name: str, device):
 
 def load_assistant(args, device, dtype, rows: int):
     """--assistant in --assistant-dtype. auto: the draft only proposes, so its dtype never changes the
-    output; for one row (`rows` decoded together) a native draft on CPU whose compiled step runs keeps
-    its checkpoint's own half precision, half the bytes a draft step reads (the shipped draft's step:
-    0.20 -> 0.14 ms); any other on CPU runs in float32 (at 4 rows the shipped draft's half-precision
-    step took 0.32 ms against 0.29; eager half-precision matmuls are slow there); on GPU, --dtype's."""
-    import torch
-    from models.compiled_cpu import runs_compiled
+    output; on CPU a native draft keeps its checkpoint's own half precision where that step is the
+    faster (models.compiled_cpu.half_draft_pays: one row of `rows` decoded together, its step
+    compiled, a CPU with AVX-512), else runs in float32; on GPU, --dtype's."""
+    from models.compiled_cpu import half_draft_pays
     if args.assistant_dtype != "auto":
         return load_model(args.assistant, device=device, dtype=pick_dtype(args.assistant_dtype, device),
                           native=args.native, flag="--assistant")
     if device.type != "cpu":
         return load_model(args.assistant, device=device, dtype=dtype, native=args.native, flag="--assistant")
     model = load_model(args.assistant, device=device, dtype=None, native=args.native, flag="--assistant")
-    if rows > 1 or model.dtype not in (torch.float16, torch.bfloat16) or not runs_compiled(model):
-        model = model.float()
-    return model
+    return model if half_draft_pays(model, rows) else model.float()
 
 
 def check_inputs(args) -> None:
@@ -214,9 +210,9 @@ def _add_generate(sub) -> None:
     g.add_argument("--assistant", nargs="?", const=str(SHIPPED / "draft"), metavar="PATH",
                    help="draft model directory (alone: the shipped draft)")
     g.add_argument("--assistant-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="the draft's weights dtype; it never changes the output (auto: on CPU, for one row, the "
-                   "checkpoint's own half precision where the draft's step runs compiled, else float32; on GPU as "
-                   "--dtype)")
+                   help="the draft's weights dtype; it never changes the output (auto: on CPU the checkpoint's own "
+                   "half precision where its compiled step is the faster, for one row on an AVX-512 CPU, else "
+                   "float32; on GPU as --dtype)")
     g.add_argument("--num-assistant-tokens", type=int, metavar="K", help="draft tokens proposed per target forward")
     g.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"],
                    help="keep K fixed or adapt it to acceptance (HF)")

@@ -220,20 +220,23 @@ def test_threads_one_for_small_eager_models_all_for_the_compiled_step(monkeypatc
         assert (torch.get_num_threads() == 1) == one, (type(model).__name__, model.dtype)
 
 
-def test_assistant_dtype_auto_keeps_a_compiled_drafts_half_precision(tmp_path, monkeypatch):
+def test_assistant_dtype_auto_keeps_a_drafts_half_precision_where_it_pays(tmp_path, monkeypatch):
     """--assistant-dtype auto on CPU: a native draft stored in half precision stays in it for one row
-    where its step runs compiled (half the bytes a draft step reads; a draft never changes the
-    output), and runs in float32 for a batch or where it would run eagerly; an explicit dtype is
-    taken as given."""
+    where its step runs compiled on a CPU where that was measured faster (half the bytes a draft step
+    reads; a draft never changes the output), and runs in float32 for a batch, where it would run
+    eagerly, or on another CPU; an explicit dtype is taken as given."""
+    from models import compiled_cpu
     model = LlamaDecoder(DecoderConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2)).half()
     draft = checkpoint.save(model, tmp_path / "draft")
     cpu = torch.device("cpu")
 
-    def dtype(choice, env, rows=1):
+    def dtype(choice, env, rows=1, pays=True):
         monkeypatch.setenv("DECODING_COMPILE", env)
+        monkeypatch.setattr(compiled_cpu, "HALF_PAYS", (torch.backends.cpu.get_cpu_capability(),) if pays else ())
         args = argparse.Namespace(assistant=str(draft), assistant_dtype=choice, native=False)
         return cli.load_assistant(args, cpu, torch.float32, rows).dtype
     assert dtype("auto", "1") == torch.float16
+    assert dtype("auto", "1", pays=False) == torch.float32  # a CPU where the half step was slower (AVX2)
     assert dtype("auto", "1", rows=2) == torch.float32  # a batch: the half library is slower there
     assert dtype("auto", "0") == torch.float32  # eager half matmuls are slow on a CPU
     assert dtype("bfloat16", "0", rows=4) == torch.bfloat16 and dtype("float32", "1") == torch.float32
