@@ -180,6 +180,19 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def half_libraries(tmp_path_factory):
+    return tmp_path_factory.mktemp("half_libraries")
+
+
+@pytest.fixture
+def half_cache(half_libraries, monkeypatch):
+    """One disk cache for the half-precision tests, which build the same fp16 model: its libraries
+    are built once (each build is ~25 s on a 2-core AVX2 machine)."""
+    monkeypatch.setenv(cc.CACHE_ENV, str(half_libraries))
+    return half_libraries
+
+
 def no_build(monkeypatch):
     calls = []
     monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, *a: calls.append(a) or pytest.fail("recompiled"))
@@ -362,7 +375,7 @@ def test_unavailable_compiler_falls_back_to_eager(cache_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_runs_the_library_by_default(dtype, cache_dir, monkeypatch):
+def test_half_precision_runs_the_library_by_default(dtype, half_cache, monkeypatch):
     """A half-precision model (a draft in its checkpoint's own dtype) takes the compiled step with the
     switch at its default; its steps stay within half precision's rounding of the float64 oracle on
     the same (half) weights and of the eager step; as a draft it leaves speculative decoding's
@@ -390,7 +403,7 @@ def test_half_precision_runs_the_library_by_default(dtype, cache_dir, monkeypatc
     assert calls and set(calls) == {dtype}  # the draft's steps ran its library
 
 
-def test_half_precision_prompt_too_wide_for_one_step_runs_in_chunks(cache_dir, monkeypatch):
+def test_half_precision_prompt_too_wide_for_one_step_runs_in_chunks(half_cache, monkeypatch):
     """A half-precision model's mask-free prompt of more than PROMPT_ROWS rows runs the library in
     chunks of PROMPT_ROWS // B tokens (its eager matmuls are slow on a CPU): the kept logits and hidden
     states (all, the last, a span across the chunks) within rounding of the float64 oracle and of the
