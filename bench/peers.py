@@ -111,9 +111,8 @@ def subject(name: str, prompt_len: int) -> Subject:
     if name == "target":
         from bench.common import code_prompts
         native = checkpoint.load(shipped("target"), dtype=torch.float32)
-        from models.compiled_cpu import half_draft_pays
-        draft = checkpoint.load(shipped("draft"))  # the CLI's --assistant-dtype auto for one row
-        draft = draft if half_draft_pays(draft, 1) else draft.float()
+        from models.compiled_cpu import fastest_draft
+        draft = fastest_draft(checkpoint.load(shipped("draft")), 1)  # the CLI's --assistant-dtype auto, one row
         return Subject("shipped target", native, vocab.for_model(native.config.vocab_size, True),
                        code_prompts(8, prompt_len), draft, "models/shipped/target (fp16 -> fp32), prompts from "
                        f"validation source files; speculative draft models/shipped/draft ({draft.dtype})")

@@ -304,9 +304,9 @@ def main(argv=None) -> dict:
                                 getattr(torch, args.draft_dtype))
         prompts, n, runs, ks = code_prompts(args.prompts, args.prompt_len), args.new_tokens, args.runs, KS
     import copy
-    from models.compiled_cpu import half_draft_pays
-    if args.draft_dtype == "auto" and not half_draft_pays(draft, 1):  # the checkpoint's dtype, else fp32
-        draft = draft.float()
+    from models.compiled_cpu import fastest_draft
+    if args.draft_dtype == "auto":  # the checkpoint's dtype where it pays, else fp32
+        draft = fastest_draft(draft, 1)
     draft32 = draft if draft.dtype == torch.float32 else copy.deepcopy(draft).float()
     beside = draft32 if draft is not draft32 else copy.deepcopy(draft).half()
     hf_target = hf_draft = None

@@ -292,10 +292,10 @@ def main(argv=None):
         from models.checkpoint import load
         from models.heads import load_heads
         target = load(SHIPPED / "target", dtype=torch.float32)
-        from models.compiled_cpu import half_draft_pays
+        from models.compiled_cpu import fastest_draft
         draft = load(SHIPPED / "draft", dtype=None if args.draft_dtype == "auto" else getattr(torch, args.draft_dtype))
-        if args.draft_dtype == "auto" and not half_draft_pays(draft, 1):
-            draft = draft.float()
+        if args.draft_dtype == "auto":
+            draft = fastest_draft(draft, 1)
         heads = load_heads(args.heads, target)
         bk = args.blockwise_k
         heads = heads if heads.k == bk else heads.first(bk)  # the module blockwise will call (timed in part 2)

@@ -63,14 +63,14 @@ def load_assistant(args, device, dtype, rows: int):
     output; on CPU a native draft keeps its checkpoint's own half precision where that step is the
     faster (models.compiled_cpu.half_draft_pays: one row of `rows` decoded together, its step
     compiled, a CPU with AVX-512), else runs in float32; on GPU, --dtype's."""
-    from models.compiled_cpu import half_draft_pays
+    from models.compiled_cpu import fastest_draft
     if args.assistant_dtype != "auto":
         return load_model(args.assistant, device=device, dtype=pick_dtype(args.assistant_dtype, device),
                           native=args.native, flag="--assistant")
     if device.type != "cpu":
         return load_model(args.assistant, device=device, dtype=dtype, native=args.native, flag="--assistant")
     model = load_model(args.assistant, device=device, dtype=None, native=args.native, flag="--assistant")
-    return model if half_draft_pays(model, rows) else model.float()
+    return fastest_draft(model, rows)
 
 
 def check_inputs(args) -> None:

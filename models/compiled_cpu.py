@@ -56,6 +56,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import compile_speed, micro_gemm
+from .native import HALF
 from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
@@ -127,8 +128,14 @@ HALF_PAYS = ("AVX512",)
 def half_draft_pays(model, rows: int) -> bool:
     """Would `model`, a half-precision native draft, step faster in its own dtype than in fp32 for
     `rows` rows decoded together on this CPU? One row, a HALF_PAYS CPU, its step compiled."""
-    return (rows == 1 and model.dtype in (torch.float16, torch.bfloat16) and runs_compiled(model)
+    return (rows == 1 and model.dtype in HALF and runs_compiled(model)
             and torch.backends.cpu.get_cpu_capability() in HALF_PAYS)
+
+
+def fastest_draft(model, rows: int):
+    """A draft loaded in its checkpoint's dtype, as it steps fastest here for `rows` rows: in that
+    half precision where half_draft_pays, else in float32."""
+    return model if half_draft_pays(model, rows) else model.float()
 
 
 def runs_compiled(model) -> bool:
