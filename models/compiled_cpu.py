@@ -56,7 +56,6 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import compile_speed, micro_gemm
-from .native import HALF
 from .protocol import check_input_ids
 
 ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
@@ -128,7 +127,7 @@ HALF_PAYS = ("AVX512",)
 def half_draft_pays(model, rows: int) -> bool:
     """Would `model`, a half-precision native draft, step faster in its own dtype than in fp32 for
     `rows` rows decoded together on this CPU? One row, a HALF_PAYS CPU, its step compiled."""
-    return (rows == 1 and model.dtype in HALF and runs_compiled(model)
+    return (rows == 1 and model.dtype in (torch.float16, torch.bfloat16) and runs_compiled(model)
             and torch.backends.cpu.get_cpu_capability() in HALF_PAYS)
 
 
