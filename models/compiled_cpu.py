@@ -378,7 +378,7 @@ class CompiledStep:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
             with compile_speed.faster_codegen(interface_dir), micro_gemm.register_blocking(key.get("blocking")), \
-                    micro_gemm.streamlined_k_loop():
+                    micro_gemm.streamlined_k_loop(), micro_gemm.row_panels():
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
         sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, path)

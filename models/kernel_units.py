@@ -61,7 +61,8 @@ def shared_micro_gemms(unit: str) -> str:
             continue  # not the layout described: this chunk as it is
         # the kernel's own names in its entry: itself and its micro-kernel only (the BMM template,
         # for one, defines more helpers there: such a chunk stays as it is)
-        if set(re.findall(rf"\b{name}\w*", unit[entry:end])) - {name, f"{name}_micro_gemm", f"{name}_micro_gemm_kernel"}:
+        if set(re.findall(rf"\b{name}\w*", unit[entry:end])) - {name, f"{name}_micro_gemm", f"{name}_micro_gemm_kernel",
+                                                                  f"{name}_micro_gemm_row_panels"}:
             continue
         key = unit[m.start():entry].replace(name, "\0")
         if key not in first:
