@@ -87,80 +87,105 @@ def register_blocking(blocking: list[int] | None):
         mg.micro_gemm_configs.update(saved)
 
 
-# -- one row against several weight panels at once --------------------------------------------------
-# A decode step of one sequence multiplies one row by each weight: the template calls its micro-kernel
-# once per packed panel ([K, block_n], one after another in memory), so the weights stream from DRAM
-# as one sequential read, which one core's prefetchers keep too few reads in flight for. Four panels
-# at once are four streams. AMD EPYC (AVX2), 1 thread: a C loop over the 125M config's packed
-# weights took 24.5-26.5 ms a panel at a time, 18.1-19.3 ms four at a time (two: 19.9-21.9, eight:
-# 19.6-20.5); in the library the shipped target's decode step went 2.17 -> 1.55 ms and the 125M
-# config's 33.8 -> 23.5 ms (medians, the two libraries taking turns), logits bitwise equal.
+# -- a few rows against several weight panels at once -----------------------------------------------
+# A decode step of one sequence multiplies one row by each weight (a 5-token verify: 5 rows): the
+# template calls its micro-kernel once per packed panel ([K, block_n], one after another in memory),
+# so the weights stream from DRAM as one sequential read, which one core's prefetchers keep too few
+# reads in flight for. Several panels at once are several streams. AMD EPYC (AVX2), 1 thread: a C
+# loop over the 125M config's packed weights took 24.5-26.5 ms a panel at a time, 18.1-19.3 ms four
+# at a time (two: 19.9-21.9, eight: 19.6-20.5); in the library the shipped target's decode step went
+# 2.17 -> 1.55 ms and the 125M config's 33.8 -> 23.5 ms (medians, the two libraries taking turns),
+# logits bitwise equal. Blocks of up to ROW_PANELS_ROWS rows, up to ROW_PANELS panels, as many as
+# keep a block's accumulators (rows x panels x vectors per panel) within ACCUMULATORS of the vector
+# registers. The shipped target's steps, same machine, over the micro-kernel's (medians, taking
+# turns): 1 row 1.41-1.52x (4 panels), 2 rows 1.12-1.25x (3 panels), 3 rows 1.00x (2 panels), a
+# 5-token verify 0.84x (the AVX2 wide library's 8 x 8 blocking, 2 panels): blocks of 1-2 rows only.
 ROW_PANELS = 4
+ROW_PANELS_ROWS = 2
+ACCUMULATORS = {256: 12, 512: 28}  # of AVX2's 16 and AVX-512's 32 registers, by vector width in bits
 
-# defined after the micro-kernel's entry, for an fp32 micro-kernel that takes it (`row_panels()`):
-# each panel's sums are the micro-kernel's (from zero or C, k in order, one fmadd per k and vector)
+# defined after the micro-kernel's entry, for an fp32 micro-kernel that takes it (`row_panels(rows)`):
+# each output's sum is the micro-kernel's (from zero or C, k in order, one fmadd per k and vector)
 _ROW_PANELS_KERNEL = r"""
-{%- if template.row_panels is defined and template.row_panels() %}
+{%- if template.row_panels is defined and template.row_panels(1) %}
 
-template <int64_t PANELS>
+template <int64_t ROWS, int64_t PANELS>
 inline void {{kernel_name}}_row_panels(
     bool first,
     const float* {{restrict_keyword}} A,
     const float* {{restrict_keyword}} B,
     float* {{restrict_keyword}} C,
     int64_t K,
+    int64_t lda,
+    int64_t ldc,
     int64_t panel_stride
 ) {
     using Vectorized = at::vec::Vectorized<float>;
     constexpr auto VLEN = Vectorized::size();
     constexpr auto COLS = {{block_n}} / VLEN;
-    at::vec::VectorizedN<float, PANELS * COLS> vc;
+    constexpr auto PER_ROW = PANELS * COLS;
+    Vectorized va;
+    at::vec::VectorizedN<float, ROWS * PER_ROW> vc;
     auto loadc = [&](auto i) {
-        constexpr int64_t p = i / COLS;
+        constexpr int64_t r = i / PER_ROW;
+        constexpr int64_t p = (i % PER_ROW) / COLS;
         constexpr int64_t col = i % COLS;
-        vc[i] = first ? Vectorized(0.0f) : Vectorized::loadu(C + p * {{block_n}} + col * VLEN);
+        vc[i] = first ? Vectorized(0.0f) : Vectorized::loadu(C + r * ldc + p * {{block_n}} + col * VLEN);
     };
-    c10::ForcedUnroll<PANELS * COLS>{}(loadc);
-    auto compute = [&](auto i, int64_t k, const Vectorized& va) {
-        constexpr int64_t p = i / COLS;
+    c10::ForcedUnroll<ROWS * PER_ROW>{}(loadc);
+    auto compute = [&](auto i, int64_t k) {
+        constexpr int64_t r = i / PER_ROW;
+        constexpr int64_t p = (i % PER_ROW) / COLS;
         constexpr int64_t col = i % COLS;
+        if constexpr (p == 0 && col == 0) {
+            va = Vectorized(A[r * lda + k]);
+        }
         vc[i] = at::vec::fmadd(va, Vectorized::loadu(B + p * panel_stride + k * {{block_n}} + col * VLEN), vc[i]);
     };
     if (K > 0) {
-        c10::ForcedUnroll<PANELS * COLS>{}(compute, 0, Vectorized(A[0]));
+        c10::ForcedUnroll<ROWS * PER_ROW>{}(compute, 0);
         for (int64_t k = 1; k < K; ++k) {
-            c10::ForcedUnroll<PANELS * COLS>{}(compute, k, Vectorized(A[k]));
+            c10::ForcedUnroll<ROWS * PER_ROW>{}(compute, k);
         }
     }
     auto storec = [&](auto i) {
-        constexpr int64_t p = i / COLS;
+        constexpr int64_t r = i / PER_ROW;
+        constexpr int64_t p = (i % PER_ROW) / COLS;
         constexpr int64_t col = i % COLS;
-        vc[i].store(C + p * {{block_n}} + col * VLEN);
+        vc[i].store(C + r * ldc + p * {{block_n}} + col * VLEN);
     };
-    c10::ForcedUnroll<PANELS * COLS>{}(storec);
+    c10::ForcedUnroll<ROWS * PER_ROW>{}(storec);
 }
 {%- endif %}
 """
 
-# the GEMM template's loop over a column block's panels: for a block of one row, groups of
-# ROW_PANELS panels go to _row_panels first, the rest to the micro-kernel as before
+# the GEMM template's loop over a column block's panels: for a block of a few rows, groups of
+# row_panels(rows) panels go to _row_panels first, the rest to the micro-kernel as before
 _PANEL_LOOP = (
     "                    for (int64_t nci = nc; nci < nc_block_end; nci++) {\n",
     "{%- if template.should_block_weights and not is_woq_int4 and micro_gemm.row_panels is defined"
-    " and micro_gemm.row_panels() %}\n"
+    " and micro_gemm.row_panels(1) %}\n"
     "{%- set panels_W = kernel.slice_nd(W, [(\"nci\", \"nci + 1\"), (\"k_start\", \"k_end\"), ()]) %}\n"
     "{%- set panels_acc = kernel.slice_nd(acc, [(\"0\", \"m_end - m_start\"), (\"(nci - nc)*Nr\", \"(nci - nc + 1)*Nr\")]) %}\n"
     "                    int64_t nci = nc;\n"
-    "                    if (m_end - m_start == 1) {\n"
-    "                        for (; nci + {{micro_gemm.row_panels()}} <= nc_block_end; nci += {{micro_gemm.row_panels()}}) {\n"
-    "                            {{micro_gemm.name}}_row_panels<{{micro_gemm.row_panels()}}>(\n"
+    "                    switch (m_end - m_start) {\n"
+    "{%- for rows in range(1, micro_gemm.row_panels_rows() + 1) %}\n"
+    "                    case {{rows}}:\n"
+    "                        for (; nci + {{micro_gemm.row_panels(rows)}} <= nc_block_end; nci += {{micro_gemm.row_panels(rows)}}) {\n"
+    "                            {{micro_gemm.name}}_row_panels<{{rows}}, {{micro_gemm.row_panels(rows)}}>(\n"
     "                                kc == k_block_start,\n"
     "                                &({{kernel.index(tile_X, [0, 0])}}),\n"
     "                                &({{kernel.index(panels_W, [0, 0, 0])}}),\n"
     "                                &({{kernel.index(panels_acc, [0, 0])}}),\n"
     "                                k_end - k_start,\n"
+    "                                {{kernel.stride(tile_X, 0)}},\n"
+    "                                {{kernel.stride(panels_acc, 0)}},\n"
     "                                {{kernel.stride(W, 0)}});\n"
     "                        }\n"
+    "                        break;\n"
+    "{%- endfor %}\n"
+    "                    default:\n"
+    "                        break;\n"
     "                    }\n"
     "                    for (; nci < nc_block_end; nci++) {\n"
     "{%- else %}\n"
@@ -168,9 +193,8 @@ _PANEL_LOOP = (
     "{%- endif %}\n",
 )
 
-
-# the column blocks of a one-row GEMM: inductor's cache blocking gives one panel per block (Nc_blocks
-# 1) to a single row, which would leave _row_panels nothing to group; ROW_PANELS panels a block at least
+# the column blocks of a GEMM of a few rows: inductor's cache blocking gives a block of few rows
+# one panel (Nc_blocks 1), which would leave _row_panels nothing to group; ROW_PANELS at least
 _ROW_BLOCKING = (
     "        L2_cache_size\n"
     "    );\n"
@@ -178,33 +202,52 @@ _ROW_BLOCKING = (
     "        L2_cache_size\n"
     "    );\n"
     "{%- if template.should_block_weights and not is_woq_int4 and micro_gemm.row_panels is defined"
-    " and micro_gemm.row_panels() %}\n"
-    "    if (M == 1) {\n"
-    "        Nc_blocks = std::min<int64_t>(Nt_blocks, std::max<int64_t>(Nc_blocks, {{micro_gemm.row_panels()}}));\n"
+    " and micro_gemm.row_panels(1) %}\n"
+    "    if (M <= {{micro_gemm.row_panels_rows()}}) {\n"
+    "        Nc_blocks = std::min<int64_t>(Nt_blocks, std::max<int64_t>(Nc_blocks, {{micro_gemm.row_panels(1)}}));\n"
     "    }\n"
     "{%- endif %}\n"
     "    const int64_t num_Mc_blocks = (Mr_blocks + Mc_blocks - 1) / Mc_blocks;\n",
 )
 
 
-def _takes_row_panels(self) -> int:
-    """Panels per call of `_row_panels` for this micro-kernel; 0 where it does not apply (not fp32
-    throughout, a scale alpha, a transposed or tail kernel, K blocked by more than 1)."""
+def _vector_bits() -> int:
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    return pick_vec_isa().bit_width()
+
+
+def _takes_row_panels(self, rows: int) -> int:
+    """Panels per call of `_row_panels` for a block of `rows` rows of this micro-kernel; 0 where it
+    does not apply: not fp32 throughout, a scale alpha, a transposed or tail kernel, K blocked by
+    more than 1, or too many accumulators for two panels."""
     f32 = torch.float32
     plain = self.input_dtype == self.input2_dtype == self.output_dtype == self.compute_dtype == f32 \
         and self.alpha == 1 and not getattr(self, "trans_b", False) and not getattr(self, "tail_n", False) \
         and self.register_blocking.block_k == 1 and not self.pack_vnni_B_locally
-    return ROW_PANELS if plain else 0
+    bits = _vector_bits()
+    if not plain or bits not in ACCUMULATORS:
+        return 0
+    cols = self.register_blocking.block_n * 32 // bits  # vectors per panel
+    fits = [p for p in range(ROW_PANELS, 1, -1) if rows * p * cols <= ACCUMULATORS[bits]]
+    return fits[0] if fits else 0
+
+
+def _row_panels_rows(self) -> int:
+    """The most rows a block may have for `_row_panels`."""
+    rows = 0
+    while rows < ROW_PANELS_ROWS and _takes_row_panels(self, rows + 1):
+        rows += 1
+    return rows
 
 
 @contextmanager
 def row_panels():
-    """For one build: a one-row block of a GEMM over prepacked fp32 weights runs ROW_PANELS panels
-    per call (`_row_panels`), each panel's arithmetic the micro-kernel's: the same bits. Applied
-    only where this torch's GEMM template has the loop's text exactly once and its fp32
+    """For one build: a block of a few rows of a GEMM over prepacked fp32 weights runs several
+    panels per call (`_row_panels`), each output's arithmetic the micro-kernel's: the same bits.
+    Applied only where this torch's GEMM template has the edited texts exactly once and its fp32
     micro-kernel class the attributes read; else the build is inductor's."""
+    cls = _micro_gemm_module().CppMicroGemmFP32Vec  # first: inductor's modules import in this order only
     from torch._inductor.codegen import cpp_gemm_template
-    cls = _micro_gemm_module().CppMicroGemmFP32Vec
     edits = {"GEMM_TEMPLATE": _PANEL_LOOP, "GEMM_TEMPLATE_INIT_BLOCKING_EXTENDED": _ROW_BLOCKING}
     saved = {name: getattr(cpp_gemm_template, name, "") for name in edits}
     if any(saved[name].count(old) != 1 for name, (old, _) in edits.items()) \
@@ -213,7 +256,7 @@ def row_panels():
         return
     saved_entry = cls.TEMPLATE_ENTRY
     cls.TEMPLATE_ENTRY = saved_entry + _ROW_PANELS_KERNEL
-    cls.row_panels = _takes_row_panels
+    cls.row_panels, cls.row_panels_rows = _takes_row_panels, _row_panels_rows
     for name, (old, new) in edits.items():
         setattr(cpp_gemm_template, name, saved[name].replace(old, new))
     try:
@@ -222,4 +265,4 @@ def row_panels():
         for name, text in saved.items():
             setattr(cpp_gemm_template, name, text)
         cls.TEMPLATE_ENTRY = saved_entry
-        del cls.row_panels
+        del cls.row_panels, cls.row_panels_rows

@@ -598,26 +598,28 @@ def test_k_loop_edits_apply_to_this_torch_and_are_undone():
 
 
 def test_row_panel_edits_apply_to_this_torch_and_are_undone():
-    """models/micro_gemm.row_panels finds its text in this torch's GEMM template (else one-row steps
-    would silently lose it) and leaves the template and the micro-kernel class as they were."""
-    from torch._inductor.codegen import cpp_gemm_template as t
+    """models/micro_gemm.row_panels finds its text in this torch's GEMM template (else steps of a
+    few rows would silently lose it) and leaves the template and the micro-kernel class as they were."""
     from models import micro_gemm
     cls = micro_gemm._micro_gemm_module().CppMicroGemmFP32Vec
+    from torch._inductor.codegen import cpp_gemm_template as t
     names = ("GEMM_TEMPLATE", "GEMM_TEMPLATE_INIT_BLOCKING_EXTENDED")
     before = [getattr(t, n) for n in names] + [cls.TEMPLATE_ENTRY]
     assert [b.count(old) for b, (old, _) in zip(before, (micro_gemm._PANEL_LOOP, micro_gemm._ROW_BLOCKING))] == [1, 1]
     with micro_gemm.row_panels():
         assert micro_gemm._PANEL_LOOP[1] in t.GEMM_TEMPLATE and micro_gemm._ROW_BLOCKING[1] in t.GEMM_TEMPLATE_INIT_BLOCKING_EXTENDED
         assert cls.TEMPLATE_ENTRY.endswith(micro_gemm._ROW_PANELS_KERNEL) and hasattr(cls, "row_panels")
-    assert [getattr(t, n) for n in names] + [cls.TEMPLATE_ENTRY] == before and not hasattr(cls, "row_panels")
+    assert [getattr(t, n) for n in names] + [cls.TEMPLATE_ENTRY] == before
+    assert not hasattr(cls, "row_panels") and not hasattr(cls, "row_panels_rows")
 
 
-def test_one_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(tmp_path, monkeypatch):
-    """A one-row step of a frozen library multiplies by ROW_PANELS prepacked weight panels at once
+def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(tmp_path, monkeypatch):
+    """A step of 1-2 rows of a frozen library multiplies by several prepacked weight panels at once
     (micro_gemm.row_panels): its logits are bitwise those of the library built without it (the
     micro-kernel's sums, one panel at a time) and the float64 oracle's within 1e-4. Shapes: q 6
-    panels (a group and two left), gate/up 69 (17 groups and one), down K = 1100, past the K block
-    of any L1 up to 64 KiB (later K blocks add to the first's sums)."""
+    panels (a group and panels left), gate/up 69, down K = 1100, past the K block of any L1 up to
+    64 KiB (later K blocks add to the first's sums); steps of 1, 2 and 3 tokens of one row (3 rows:
+    the micro-kernel alone)."""
     from models import micro_gemm
     torch.manual_seed(0)
     model = LlamaDecoder(DecoderConfig(vocab_size=V, dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
@@ -627,22 +629,23 @@ def test_one_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
             p.normal_(0, 0.1)
     model.compile_step = True
     oracle = RecomputeModel(copy.deepcopy(model).double())
-    ids = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(1))
+    spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14)]
     sources, halves = [], kernel_units.halves
     monkeypatch.setattr(kernel_units, "halves", lambda text: sources.append(text) or halves(text))
 
     def run(directory):
         monkeypatch.setenv(cc.CACHE_ENV, str(directory))
         model._compiled = None
-        cache, outs = model.new_cache(1, 16), []
+        cache, outs = model.new_cache(1, 20), []
         with torch.no_grad():
             model(ids[:, :4], cache, attention_mask=torch.ones(1, 4, dtype=torch.long))  # an eager prefill
-            for t in range(4, 12):
-                outs.append(model(ids[:, t:t + 1], cache))
+            for a, b in spans:
+                outs.append(model(ids[:, a:b], cache))
                 assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return torch.cat(outs, 1)
     panels = run(tmp_path / "panels")
-    assert sources and all("_row_panels<" in s for s in sources)  # the kernels call it
+    assert sources and all("_row_panels<1, " in s and "_row_panels<2, " in s for s in sources)  # the kernels call it
     with monkeypatch.context() as mp:
         mp.setattr(micro_gemm, "row_panels", contextlib.nullcontext)
         sources.clear()
@@ -650,7 +653,7 @@ def test_one_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
         assert sources and not any("_row_panels<" in s for s in sources)
     assert torch.equal(panels, one_by_one)
     with torch.no_grad():
-        ocache = oracle.new_cache(1, 16)
+        ocache = oracle.new_cache(1, 20)
         oracle(ids[:, :4], ocache)
-        ref = torch.cat([oracle(ids[:, t:t + 1], ocache) for t in range(4, 12)], 1)
+        ref = torch.cat([oracle(ids[:, a:b], ocache) for a, b in spans], 1)
     assert (panels.double() - ref).abs().max() < 1e-4
