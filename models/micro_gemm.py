@@ -95,14 +95,15 @@ def register_blocking(blocking: list[int] | None):
 # loop over the 125M config's packed weights took 24.5-26.5 ms a panel at a time, 18.1-19.3 ms four
 # at a time (two: 19.9-21.9, eight: 19.6-20.5); in the library the shipped target's decode step went
 # 2.17 -> 1.55 ms and the 125M config's 33.8 -> 23.5 ms (medians, the two libraries taking turns),
-# logits bitwise equal. Blocks of up to ROW_PANELS_ROWS rows, up to ROW_PANELS panels, as many as
-# keep a block's accumulators (rows x panels x vectors per panel) within ACCUMULATORS of the vector
-# registers. The shipped target's steps, same machine, over the micro-kernel's (medians, taking
-# turns): 1 row 1.41-1.52x (4 panels), 2 rows 1.12-1.25x (3 panels), 3 rows 1.00x (2 panels), a
-# 5-token verify 0.84x (the AVX2 wide library's 8 x 8 blocking, 2 panels): blocks of 1-2 rows only.
+# logits bitwise equal. Up to ROW_PANELS panels, as many as fit the vector REGISTERS: one row's
+# accumulators with 4 to spare; more rows' accumulators, a weight vector per panel column and the
+# row's broadcast value.
+# The shipped target's steps, same machine, over the micro-kernel's (medians, taking turns): 1 row
+# 1.37-1.58x (4 panels), 2 rows 1.13-1.33x (2 panels), a 5-token verify 1.07-1.09x (the AVX2 wide
+# library, 8-column panels, 2 at a time). More rows than one prefetch each panel 4 KiB ahead, as the
+# micro-kernel does (without it a 5-token verify ran 0.84-0.92x).
 ROW_PANELS = 4
-ROW_PANELS_ROWS = 2
-ACCUMULATORS = {256: 12, 512: 28}  # of AVX2's 16 and AVX-512's 32 registers, by vector width in bits
+REGISTERS = {256: 16, 512: 32}  # AVX2's and AVX-512's vector registers, by vector width in bits
 
 # defined after the micro-kernel's entry, for an fp32 micro-kernel that takes it (`row_panels(rows)`):
 # each output's sum is the micro-kernel's (from zero or C, k in order, one fmadd per k and vector)
@@ -125,6 +126,7 @@ inline void {{kernel_name}}_row_panels(
     constexpr auto COLS = {{block_n}} / VLEN;
     constexpr auto PER_ROW = PANELS * COLS;
     Vectorized va;
+    at::vec::VectorizedN<float, PER_ROW> vb;
     at::vec::VectorizedN<float, ROWS * PER_ROW> vc;
     auto loadc = [&](auto i) {
         constexpr int64_t r = i / PER_ROW;
@@ -135,12 +137,21 @@ inline void {{kernel_name}}_row_panels(
     c10::ForcedUnroll<ROWS * PER_ROW>{}(loadc);
     auto compute = [&](auto i, int64_t k) {
         constexpr int64_t r = i / PER_ROW;
-        constexpr int64_t p = (i % PER_ROW) / COLS;
-        constexpr int64_t col = i % COLS;
-        if constexpr (p == 0 && col == 0) {
+        constexpr int64_t j = i % PER_ROW;
+        constexpr int64_t p = j / COLS;
+        constexpr int64_t col = j % COLS;
+        if constexpr (r == 0) {  // each weight vector loaded once a k, for every row
+            vb[j] = Vectorized::loadu(B + p * panel_stride + k * {{block_n}} + col * VLEN);
+#if defined(__GNUC__) || defined(__clang__)
+            if constexpr (ROWS > 1 && col == 0) {
+                __builtin_prefetch(B + p * panel_stride + k * {{block_n}} + 1024);
+            }
+#endif
+        }
+        if constexpr (j == 0) {
             va = Vectorized(A[r * lda + k]);
         }
-        vc[i] = at::vec::fmadd(va, Vectorized::loadu(B + p * panel_stride + k * {{block_n}} + col * VLEN), vc[i]);
+        vc[i] = at::vec::fmadd(va, vb[j], vc[i]);
     };
     if (K > 0) {
         c10::ForcedUnroll<ROWS * PER_ROW>{}(compute, 0);
@@ -219,23 +230,26 @@ def _vector_bits() -> int:
 def _takes_row_panels(self, rows: int) -> int:
     """Panels per call of `_row_panels` for a block of `rows` rows of this micro-kernel; 0 where it
     does not apply: not fp32 throughout, a scale alpha, a transposed or tail kernel, K blocked by
-    more than 1, or too many accumulators for two panels."""
+    more than 1, or too few registers for two panels."""
     f32 = torch.float32
     plain = self.input_dtype == self.input2_dtype == self.output_dtype == self.compute_dtype == f32 \
         and self.alpha == 1 and not getattr(self, "trans_b", False) and not getattr(self, "tail_n", False) \
         and self.register_blocking.block_k == 1 and not self.pack_vnni_B_locally
     bits = _vector_bits()
-    if not plain or bits not in ACCUMULATORS:
+    if not plain or bits not in REGISTERS:
         return 0
     cols = self.register_blocking.block_n * 32 // bits  # vectors per panel
-    fits = [p for p in range(ROW_PANELS, 1, -1) if rows * p * cols <= ACCUMULATORS[bits]]
+    # one row: accumulators only (each weight vector feeds one fmadd, from memory); more rows: the
+    # weight vectors held too, and a register for the row's broadcast value
+    need = (lambda p: p * cols + 4) if rows == 1 else (lambda p: (rows + 1) * p * cols + 1)
+    fits = [p for p in range(ROW_PANELS, 1, -1) if need(p) <= REGISTERS[bits]]
     return fits[0] if fits else 0
 
 
 def _row_panels_rows(self) -> int:
     """The most rows a block may have for `_row_panels`."""
     rows = 0
-    while rows < ROW_PANELS_ROWS and _takes_row_panels(self, rows + 1):
+    while rows < 2 * self.register_blocking.block_m and _takes_row_panels(self, rows + 1):
         rows += 1
     return rows
 

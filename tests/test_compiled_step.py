@@ -614,12 +614,12 @@ def test_row_panel_edits_apply_to_this_torch_and_are_undone():
 
 
 def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(tmp_path, monkeypatch):
-    """A step of 1-2 rows of a frozen library multiplies by several prepacked weight panels at once
+    """A step of a few rows of a frozen library multiplies by several prepacked weight panels at once
     (micro_gemm.row_panels): its logits are bitwise those of the library built without it (the
     micro-kernel's sums, one panel at a time) and the float64 oracle's within 1e-4. Shapes: q 6
     panels (a group and panels left), gate/up 69, down K = 1100, past the K block of any L1 up to
-    64 KiB (later K blocks add to the first's sums); steps of 1, 2 and 3 tokens of one row (3 rows:
-    the micro-kernel alone)."""
+    64 KiB (later K blocks add to the first's sums); steps of 1, 2, 3 and 5 tokens of one row (3 rows:
+    the micro-kernel alone on AVX2; 5 rows: the wide library there)."""
     from models import micro_gemm
     torch.manual_seed(0)
     model = LlamaDecoder(DecoderConfig(vocab_size=V, dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
@@ -629,15 +629,15 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
             p.normal_(0, 0.1)
     model.compile_step = True
     oracle = RecomputeModel(copy.deepcopy(model).double())
-    ids = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(1))
-    spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14)]
+    ids = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(1))
+    spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14), (14, 19)]
     sources, halves = [], kernel_units.halves
     monkeypatch.setattr(kernel_units, "halves", lambda text: sources.append(text) or halves(text))
 
     def run(directory):
         monkeypatch.setenv(cc.CACHE_ENV, str(directory))
         model._compiled = None
-        cache, outs = model.new_cache(1, 20), []
+        cache, outs = model.new_cache(1, 24), []
         with torch.no_grad():
             model(ids[:, :4], cache, attention_mask=torch.ones(1, 4, dtype=torch.long))  # an eager prefill
             for a, b in spans:
@@ -646,6 +646,7 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
         return torch.cat(outs, 1)
     panels = run(tmp_path / "panels")
     assert sources and all("_row_panels<1, " in s and "_row_panels<2, " in s for s in sources)  # the kernels call it
+    assert any("_row_panels<5, " in s for s in sources)
     with monkeypatch.context() as mp:
         mp.setattr(micro_gemm, "row_panels", contextlib.nullcontext)
         sources.clear()
@@ -653,7 +654,7 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
         assert sources and not any("_row_panels<" in s for s in sources)
     assert torch.equal(panels, one_by_one)
     with torch.no_grad():
-        ocache = oracle.new_cache(1, 20)
+        ocache = oracle.new_cache(1, 24)
         oracle(ids[:, :4], ocache)
         ref = torch.cat([oracle(ids[:, a:b], ocache) for a, b in spans], 1)
     assert (panels.double() - ref).abs().max() < 1e-4
