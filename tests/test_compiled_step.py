@@ -618,8 +618,9 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
     (micro_gemm.row_panels): its logits are bitwise those of the library built without it (the
     micro-kernel's sums, one panel at a time) and the float64 oracle's within 1e-4. Shapes: q 6
     panels (a group and panels left), gate/up 69, down K = 1100, past the K block of any L1 up to
-    64 KiB (later K blocks add to the first's sums); steps of 1, 2, 3 and 5 tokens of one row (3 rows:
-    the micro-kernel alone on AVX2; 5 rows: the wide library there)."""
+    64 KiB (later K blocks add to the first's sums); steps of 1, 2 and 3 tokens of one row (3 rows: the
+    micro-kernel alone on AVX2). Blocks of 5-6 rows (AVX2's wide library) run it in
+    test_compiled_step_matches_oracle_and_eager (6 rows), against the oracle and the eager step."""
     from models import micro_gemm
     torch.manual_seed(0)
     model = LlamaDecoder(DecoderConfig(vocab_size=V, dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
@@ -629,8 +630,8 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
             p.normal_(0, 0.1)
     model.compile_step = True
     oracle = RecomputeModel(copy.deepcopy(model).double())
-    ids = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(1))
-    spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14), (14, 19)]
+    ids = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(1))
+    spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14)]
     sources, halves = [], kernel_units.halves
     monkeypatch.setattr(kernel_units, "halves", lambda text: sources.append(text) or halves(text))
 
@@ -646,7 +647,6 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
         return torch.cat(outs, 1)
     panels = run(tmp_path / "panels")
     assert sources and all("_row_panels<1, " in s and "_row_panels<2, " in s for s in sources)  # the kernels call it
-    assert any("_row_panels<5, " in s for s in sources)
     with monkeypatch.context() as mp:
         mp.setattr(micro_gemm, "row_panels", contextlib.nullcontext)
         sources.clear()
