@@ -1,7 +1,7 @@
 """Build-time settings of inductor's fp32 C++ GEMM micro-kernels, the frozen compiled CPU step's
 matmuls (models/compiled_cpu.py): which register blocking they use, two edits of the kernel's K
-loop, and a one-row kernel that reads several weight panels at once (row_panels). Each changes
-speed, not arithmetic. Context managers around one build."""
+loop, and a kernel for blocks of a few rows that reads several weight panels at once (row_panels).
+Each changes speed, not arithmetic. Context managers around one build."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -128,11 +128,10 @@ inline void {{kernel_name}}_row_panels(
     Vectorized va;
     at::vec::VectorizedN<float, PER_ROW> vb;
     at::vec::VectorizedN<float, ROWS * PER_ROW> vc;
-    auto loadc = [&](auto i) {
+    auto loadc = [&](auto i) {  // a row's panels lie side by side in C: vector j at j * VLEN
         constexpr int64_t r = i / PER_ROW;
-        constexpr int64_t p = (i % PER_ROW) / COLS;
-        constexpr int64_t col = i % COLS;
-        vc[i] = first ? Vectorized(0.0f) : Vectorized::loadu(C + r * ldc + p * {{block_n}} + col * VLEN);
+        constexpr int64_t j = i % PER_ROW;
+        vc[i] = first ? Vectorized(0.0f) : Vectorized::loadu(C + r * ldc + j * VLEN);
     };
     c10::ForcedUnroll<ROWS * PER_ROW>{}(loadc);
     auto compute = [&](auto i, int64_t k) {
@@ -161,21 +160,24 @@ inline void {{kernel_name}}_row_panels(
     }
     auto storec = [&](auto i) {
         constexpr int64_t r = i / PER_ROW;
-        constexpr int64_t p = (i % PER_ROW) / COLS;
-        constexpr int64_t col = i % COLS;
-        vc[i].store(C + r * ldc + p * {{block_n}} + col * VLEN);
+        constexpr int64_t j = i % PER_ROW;
+        vc[i].store(C + r * ldc + j * VLEN);
     };
     c10::ForcedUnroll<ROWS * PER_ROW>{}(storec);
 }
 {%- endif %}
 """
 
+# where the GEMM template's edits below apply: a template over prepacked weights whose micro-kernel
+# takes _row_panels
+_APPLIES = ("{%- if template.should_block_weights and not is_woq_int4 and micro_gemm.row_panels is defined"
+            " and micro_gemm.row_panels(1) %}\n")
+
 # the GEMM template's loop over a column block's panels: for a block of a few rows, groups of
 # row_panels(rows) panels go to _row_panels first, the rest to the micro-kernel as before
 _PANEL_LOOP = (
     "                    for (int64_t nci = nc; nci < nc_block_end; nci++) {\n",
-    "{%- if template.should_block_weights and not is_woq_int4 and micro_gemm.row_panels is defined"
-    " and micro_gemm.row_panels(1) %}\n"
+    _APPLIES +
     "{%- set panels_W = kernel.slice_nd(W, [(\"nci\", \"nci + 1\"), (\"k_start\", \"k_end\"), ()]) %}\n"
     "{%- set panels_acc = kernel.slice_nd(acc, [(\"0\", \"m_end - m_start\"), (\"(nci - nc)*Nr\", \"(nci - nc + 1)*Nr\")]) %}\n"
     "                    int64_t nci = nc;\n"
@@ -211,9 +213,8 @@ _ROW_BLOCKING = (
     "    );\n"
     "    const int64_t num_Mc_blocks = (Mr_blocks + Mc_blocks - 1) / Mc_blocks;\n",
     "        L2_cache_size\n"
-    "    );\n"
-    "{%- if template.should_block_weights and not is_woq_int4 and micro_gemm.row_panels is defined"
-    " and micro_gemm.row_panels(1) %}\n"
+    "    );\n" +
+    _APPLIES +
     "    if (M <= {{micro_gemm.row_panels_rows()}}) {\n"
     "        Nc_blocks = std::min<int64_t>(Nt_blocks, std::max<int64_t>(Nc_blocks, {{micro_gemm.row_panels(1)}}));\n"
     "    }\n"
