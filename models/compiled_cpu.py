@@ -32,18 +32,16 @@ StaticCache.step_state), not its capacity: a step costs by the context held.
 Switch: `model.compile_step = False` (always eager) or True (compiled wherever it can be); None,
 the default, defers to the environment variable DECODING_COMPILE=0/1, else to `wanted`'s rule (fp32,
 and fp16 / bf16: a draft in its checkpoint's half precision reads half the bytes a step).
-Disk cache: $DECODING_COMPILE_CACHE, else $XDG_CACHE_HOME/decoding/compiled (~/.cache/...). A file
-is named by a hash of everything the library depends on (torch version, CPU capability, threads,
-model source, config, dtype, weight shapes and strides, and for a frozen library the weights'
-sha256); the JSON beside it holds that key and the file's sha256, both checked before loading, so
-a stale or corrupt file is rebuilt, never used. Its `aoti_interface/` holds the AOTI runtime
+Disk cache (models/library_cache.py): a library is named by a hash of everything it depends on
+(torch version, CPU capability, threads, model source, config, dtype, weight shapes and strides, and
+for a frozen library the weights' sha256), checked with its file's sha256 before loading, so a stale
+or corrupt file is rebuilt, never used. The cache's `aoti_interface/` holds the AOTI runtime
 interface's object, compiled once and linked into every library (models/aoti_interface.py).
 No C++ compiler, an export that fails, an older torch: one warning, then the eager step.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
 import os
 import sys
@@ -56,9 +54,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import compile_speed, micro_gemm
+from .library_cache import cache_dir, load_checked, open_library, paths, store, temporary, values_hash
 from .protocol import check_input_ids
 
-ENV, CACHE_ENV = "DECODING_COMPILE", "DECODING_COMPILE_CACHE"
+ENV = "DECODING_COMPILE"
 MAX_TOKENS = 128  # widest step the library takes (decode: 1, verify: k + 1, a short prompt)
 # a longer step (a prompt, a chunk) of at most this many rows (batch x T) runs the library too: measured on
 # the shipped target (AMD EPYC, 1 thread, one library call against the eager forward, last row's logits)
@@ -146,13 +145,6 @@ def runs_compiled(model) -> bool:
         return wanted(model, None)
 
 
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "decoding" / "compiled"
-
-
 def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None, heads=None) -> dict:
     here = Path(__file__).parent
     source = hashlib.sha256(b"".join((here / f).read_bytes() for f in _SOURCES)).hexdigest()
@@ -171,13 +163,6 @@ def _key(model, cache, frozen: bool, blocking: tuple[int, int] | None = None, he
                         "values": values_hash(heads),
                         "source": hashlib.sha256((here / "heads.py").read_bytes()).hexdigest()}
     return key
-
-
-def values_hash(model) -> str:
-    h = hashlib.sha256()
-    for t in list(model.parameters()) + list(model.buffers()):
-        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
 
 
 _version = operator.attrgetter("_version")
@@ -306,12 +291,10 @@ class CompiledStep:
     def _load(self, cache, blocking: tuple[int, int] | None = None) -> bool:
         """Load or build the default library (blocking None) or the wide one; False where it fails."""
         key = _key(self.model, cache, self.frozen, blocking, self.heads)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        digest, path, meta = paths(key)
         if digest in _failed:
             return False
-        d = cache_dir()
-        path, meta = d / f"{key['model']}-{digest}.pt2", d / f"{key['model']}-{digest}.json"
-        runner = _load_checked(path, meta, key)
+        runner = load_checked(path, meta, key)
         if runner is None:
             try:
                 runner = self._build(cache, key, path, meta)
@@ -375,44 +358,11 @@ class CompiledStep:
                                                              {0: K}), strict=False)
                     configs = {}
             configs = {**build_configs, **{k: v for k, v in configs.items() if k in known}}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
+            tmp = temporary(path)
             with compile_speed.faster_codegen(interface_dir), micro_gemm.register_blocking(key.get("blocking")), \
                     micro_gemm.streamlined_k_loop(), micro_gemm.row_panels():
                 torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
-        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, path)
-        tmp_meta = meta.with_name(f"{meta.stem}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps({"key": key, "sha256": sha}, indent=1, sort_keys=True))
-        os.replace(tmp_meta, meta)
-        runner = _open(path)
+        store(tmp, path, meta, key)
+        runner = open_library(path)
         print(f" done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         return runner
-
-
-def _load_checked(path: Path, meta: Path, key: dict):
-    """The cached library if its JSON matches `key` and its bytes their sha256; else None (and the
-    bad files removed)."""
-    if not path.exists() or not meta.exists():
-        return None
-    try:
-        info = json.loads(meta.read_text())
-        ok = info.get("key") == json.loads(json.dumps(key)) and \
-            info.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
-        if ok:
-            return _open(path)
-    except Exception:
-        pass
-    for f in (path, meta):  # stale or corrupt: rebuild
-        f.unlink(missing_ok=True)
-    return None
-
-
-
-def _open(path: Path):
-    """The library's loader (boxed_run: a flat list of tensors in, of outputs out). Straight from
-    torch._C: importing torch._inductor to load it would cost a second process seconds."""
-    try:
-        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-    except TypeError:  # another torch's signature
-        return torch._inductor.aoti_load_package(str(path)).loader

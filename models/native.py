@@ -277,7 +277,7 @@ def _heads_key(heads) -> tuple:
     values' hash (~0.4-1.6 ms for the shipped heads)."""
     params = list(heads.parameters())
     if any(p.is_inference() for p in params):
-        from .compiled_cpu import values_hash
+        from .library_cache import values_hash
         return ("values", values_hash(heads))
     return ("storage", *((p.data_ptr(), p._version, *p.shape) for p in params))
 

@@ -12,6 +12,7 @@ import torch
 
 import decoding
 import models.compiled_cpu as cc
+from models import library_cache
 from models.heads import save_heads
 from models.yoco import YOCOConfig, YOCODecoder
 from decoding.strategies import speculative_row
@@ -46,7 +47,7 @@ def pair(request, tmp_path_factory):
     m.compile_step = True
     d = tmp_path_factory.mktemp(f"guessing_{request.param}")
     with pytest.MonkeyPatch.context() as mp, torch.no_grad():
-        mp.setenv(cc.CACHE_ENV, str(d))
+        mp.setenv(library_cache.CACHE_ENV, str(d))
         step = m.guessing_on(m.new_cache(1, 16), heads.first(K))
         if step is None or step(torch.tensor([ROW[:3]]), 1) is None:
             pytest.fail("the compiled CPU step with heads did not build on this machine (see the warning)")
@@ -57,7 +58,7 @@ def pair(request, tmp_path_factory):
 def served(pair, monkeypatch):
     """The built library's directory as the cache; no build from here on (a build fails the test
     unless the test allows it); yields the list of steps the guessing library served."""
-    monkeypatch.setenv(cc.CACHE_ENV, str(pair[3]))
+    monkeypatch.setenv(library_cache.CACHE_ENV, str(pair[3]))
     monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, *a: pytest.fail("rebuilt"))
     calls, call = [], cc.CompiledStep.__call__
 
@@ -174,7 +175,7 @@ def test_heads_written_to_are_never_served_and_new_first_k_finds_the_loaded_one(
     assert model._guessing == loaded
     builds = []
     monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, *a: builds.append(a[1]) or 1 / 0)
-    saved, before = heads.w2.detach().clone(), cc.values_hash(heads.first(K))
+    saved, before = heads.w2.detach().clone(), library_cache.values_hash(heads.first(K))
     try:
         with torch.no_grad():
             heads.w2.add_(0.5)
@@ -182,7 +183,7 @@ def test_heads_written_to_are_never_served_and_new_first_k_finds_the_loaded_one(
             fast = _blockwise(model, heads, ids)  # the build fails here: the eager heads guess
         # (the plain step, which the eager heads' rounds take, is not in this directory either)
         built = [key["heads"]["values"] for key in builds if "heads" in key]
-        assert built == [cc.values_hash(heads.first(K))] and built[0] != before
+        assert built == [library_cache.values_hash(heads.first(K))] and built[0] != before
         _same_run(fast, _blockwise(eager, heads, ids))
     finally:
         with torch.no_grad():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import models.compiled_cpu as cc
+from models import library_cache
 from models import DecoderConfig, LlamaDecoder, aoti_interface, kernel_units
 from models.attention import AttentionBatch, fused_attention
 from models.compiled import GraphedStep, static_forward
@@ -146,7 +147,7 @@ def library(tmp_path_factory):
         if (name, frozen) not in built:
             d = tmp_path_factory.mktemp(f"compiled_{name}_{'frozen' if frozen else 'inputs'}")
             with pytest.MonkeyPatch.context() as mp:
-                mp.setenv(cc.CACHE_ENV, str(d))
+                mp.setenv(library_cache.CACHE_ENV, str(d))
                 split, whole_build = [], aoti_interface.build_wrapper  # how each wrapper object was built
                 mp.setattr(aoti_interface, "build_wrapper", lambda *a: split.append(whole_build(*a)) or split[-1])
                 units, whole_kernels = [], kernel_units.build_kernels  # and each kernels' object
@@ -177,7 +178,7 @@ def files(directory):
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(cc.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(library_cache.CACHE_ENV, str(tmp_path))
     return tmp_path
 
 
@@ -190,7 +191,7 @@ def half_libraries(tmp_path_factory):
 def half_cache(half_libraries, monkeypatch):
     """One disk cache for the half-precision tests, which build the same fp16 model: its libraries
     are built once (each build is ~25 s on a 2-core AVX2 machine)."""
-    monkeypatch.setenv(cc.CACHE_ENV, str(half_libraries))
+    monkeypatch.setenv(library_cache.CACHE_ENV, str(half_libraries))
     return half_libraries
 
 
@@ -333,7 +334,7 @@ def test_corrupt_or_stale_library_is_rebuilt_never_used(how, library, cache_dir,
         rebuilt.append(key)
         for f in files(good):
             shutil.copy(f, cache_dir)
-        return cc._open(path)
+        return library_cache.open_library(path)
     monkeypatch.setattr(cc.CompiledStep, "_build", rebuild)
     model = build("llama")
     model.compile_step = True
@@ -449,7 +450,7 @@ def test_prompt_does_not_build_the_wide_library(library, cache_dir, monkeypatch)
     monkeypatch.setitem(cc.WIDE_BLOCKING, torch.backends.cpu.get_cpu_capability(), (8, 8))  # any CPU
     asked = []
     monkeypatch.setattr(cc.CompiledStep, "_build", lambda self, cache, key, *a: asked.append(key.get("blocking")) or
-                        cc._open(next(library("llama").glob("*.pt2"))))  # any library: not run here
+                        library_cache.open_library(next(library("llama").glob("*.pt2"))))  # any library: not run here
     served = spy_libraries(monkeypatch)
     model = build("llama")
     model.compile_step = True
@@ -636,7 +637,7 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
     monkeypatch.setattr(kernel_units, "halves", lambda text: sources.append(text) or halves(text))
 
     def run(directory):
-        monkeypatch.setenv(cc.CACHE_ENV, str(directory))
+        monkeypatch.setenv(library_cache.CACHE_ENV, str(directory))
         model._compiled = None
         cache, outs = model.new_cache(1, 24), []
         with torch.no_grad():
