@@ -100,8 +100,10 @@ def register_blocking(blocking: list[int] | None):
 # row's broadcast value.
 # The shipped target's steps, same machine, over the micro-kernel's (medians, taking turns): 1 row
 # 1.37-1.58x (4 panels), 2 rows 1.13-1.33x (2 panels), a 5-token verify 1.07-1.09x (the AVX2 wide
-# library, 8-column panels, 2 at a time). More rows than one prefetch each panel 4 KiB ahead, as the
-# micro-kernel does (without it a 5-token verify ran 0.84-0.92x).
+# library, 8-column panels, 2 at a time). More rows than one prefetch, at each k, the next group's
+# panels (read after this group's K loop): twice the streams in flight. Over prefetching each panel
+# 4 KiB ahead (as the micro-kernel does) a 5-token verify 1.13x, 6 rows 1.15x, 2 rows 1.00-1.02x;
+# with no prefetch at all the 5-token verify ran 0.84-0.92x the micro-kernel.
 ROW_PANELS = 4
 REGISTERS = {256: 16, 512: 32}  # AVX2's and AVX-512's vector registers, by vector width in bits
 
@@ -142,8 +144,8 @@ inline void {{kernel_name}}_row_panels(
         if constexpr (r == 0) {  // each weight vector loaded once a k, for every row
             vb[j] = Vectorized::loadu(B + p * panel_stride + k * {{block_n}} + col * VLEN);
 #if defined(__GNUC__) || defined(__clang__)
-            if constexpr (ROWS > 1 && col == 0) {
-                __builtin_prefetch(B + p * panel_stride + k * {{block_n}} + 1024);
+            if constexpr (ROWS > 1 && col == 0) {  // the next group's panel at this k
+                __builtin_prefetch(B + (p + PANELS) * panel_stride + k * {{block_n}});
             }
 #endif
         }
