@@ -8,9 +8,9 @@ is pointed at a fresh directory) and to load the frozen one in a second process;
 of one decode step (T = 1) and one verify block (T = 5) at batch 1, 4 and 8 over a 96-token context,
 eager, compiled with weights as inputs and compiled frozen (weights prepacked in) taking turns in
 each repetition, and the largest |logit difference| of each compiled kind from eager. Frozen steps
-of 5+ rows run the wide library (8 x 8 GEMM kernels, models/compiled_cpu.py WIDE_ROWS; its build
+of 3+ rows run the wide library (8 x 8 GEMM kernels, models/compiled_cpu.py WIDE_ROWS; its build
 time is its own column); `frozen_default` runs them on the default library instead, so
-`wide_vs_default` says what the second library buys (1.0 below 5 rows: the same library). The cache
+`wide_vs_default` says what the second library buys (1.0 below 3 rows: the same library). The cache
 holds room for the step (`capacity` 96 + T + 1); at batch 1 also a cache of 1024 slots (room for
 a long generation) over the same 96 tokens: a step should cost by the context, not the room.
 """

@@ -16,11 +16,11 @@ One library serves every batch size, cache capacity, step width T <= MAX_TOKENS 
 - inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
   weights are inputs of the library; one library per architecture serves any weight values.
 A frozen library on an AVX2 CPU comes in two builds, told apart by the rows of a step (batch x T):
-inductor's default micro-kernel (4 x 16 registers) for 1-4 rows, and a second library whose GEMMs
-all use its 8 x 8 kernel for WIDE_ROWS (5) rows on: a speculative or blockwise verify (k >= 4), a
-batch of 5-16. The second is built on the first such step that is not a prompt (a prompt of 5-16
-tokens into an empty cache, a step once per call, runs the default library until the wide one
-exists). Same arithmetic, other blocking: on the shipped target their logits were bitwise equal.
+inductor's default micro-kernel (4 x 16 registers) for 1-2 rows, and a second library whose GEMMs
+all use its 8 x 8 kernel for WIDE_ROWS (3) rows on: a speculative or blockwise verify (k >= 2), beam
+search's 4 beams, a batch of 3-16. The second is built on the first such step that is not a prompt
+(a prompt of 3-16 tokens into an empty cache, a step once per call, runs the default library until
+the wide one exists). Same arithmetic, other blocking: on the shipped target their logits were bitwise equal.
 A third kind serves one row of blockwise decoding (NativeDecoder.guessing_on): the frozen library of
 the target with blockwise heads as constants too, returning in place of the hidden states the heads'
 greedy guesses after every kept token (heads.greedy_guesses), one library per heads' values and k.
@@ -65,9 +65,10 @@ MAX_TOKENS = 128  # widest step the library takes (decode: 1, verify: k + 1, a s
 PROMPT_ROWS = 128
 # steps of this many rows (batch x T) on run the library built on WIDE_BLOCKING: measured on the shipped
 # target (AMD EPYC, AVX2, 1 thread, both libraries in turn over B x T) 1.1-1.23x faster than the default
-# kernel at 5-8 rows, 1.03-1.15x at 12-20, level at 3-4 and 9-10, 0.85x at 1-2 rows; bench/compiled_step.py
-# (wide_vs_default) times 5, 8, 20 and 40 rows
-WIDE_ROWS = 5
+# kernel at 5-8 rows, 1.03-1.15x at 12-20, level at 9-10, 0.85x at 1-2 rows (before the row panels); with
+# them (micro_gemm.row_panels: 3 panels of 8 columns against the default's micro-kernel) 1.13x at 3 rows,
+# 1.06x at 4, level at 2; bench/compiled_step.py (wide_vs_default) times 5, 8, 20 and 40 rows
+WIDE_ROWS = 3
 WIDE_BLOCKING = {"AVX2": (8, 8)}  # CPU capability -> (block_m, block_n); measured on AVX2 only
 MAX_BATCH = 1024
 # fp32: compiled = eager's tokens (the tests run HF-identity through it). Half precision promises logits
@@ -280,7 +281,7 @@ class CompiledStep:
             self.unavailable = True
             return None
         # a prompt into an empty cache is a step once per call: it runs the wide library where that
-        # is loaded, never builds it (a verify block or a batch of 5+ rows recurs every step)
+        # is loaded, never builds it (a verify block or a batch of 3+ rows recurs every step)
         if self.blocking and rows >= WIDE_ROWS and (self.wide is not None or cache.longest != 0):
             if self.wide is not None or self._load(cache, self.blocking):
                 return self.wide
