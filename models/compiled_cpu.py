@@ -15,7 +15,7 @@ One library serves every batch size, cache capacity, step width T <= MAX_TOKENS 
   generate() call, NativeDecoder.forward_on: ids and version counters).
 - inputs (`compile_frozen = False`, the HF-native route: one copy of the caller's weights): the
   weights are inputs of the library; one library per architecture serves any weight values.
-A frozen library on an AVX2 CPU comes in two builds, told apart by the rows of a step (batch x T):
+A frozen fp32 library on an AVX2 CPU comes in two builds, told apart by the rows of a step (batch x T):
 inductor's default micro-kernel (4 x 16 registers) for 1-2 rows, and a second library whose GEMMs
 all use its 8 x 8 kernel for WIDE_ROWS (3) rows on: a speculative or blockwise verify (k >= 2), beam
 search's 4 beams, a batch of 3-16. The second is built on the first such step that is not a prompt
@@ -237,9 +237,10 @@ class CompiledStep:
         self.registered, self.stamp = _registered[0], _stamp(self.weights)
         self.run = None  # the library's flat-input entry point, once loaded
         self.unavailable = False  # its build failed: eager, without hashing the weights again
-        # the wide library (WIDE_ROWS rows on): its blocking, its entry point once loaded
+        # the wide library (WIDE_ROWS rows on): its blocking, its entry point once loaded. fp32 only: the
+        # blocking limits inductor's fp32 kernels, so a half-precision wide build would be the default again
         self.blocking = WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) \
-            if self.frozen and heads is None else None
+            if self.frozen and heads is None and self.dtype == torch.float32 else None
         self.wide = None
 
     def matches(self, model) -> bool:
