@@ -213,8 +213,9 @@ def spy_libraries(monkeypatch) -> list:
     return served
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "inputs"])
-@pytest.mark.parametrize("name", ["llama", "yoco"])
+# weights as inputs: the HF-native route's kind (Llama-family and GPT-2 models), so on the Llama decoder
+@pytest.mark.parametrize("name,frozen", [("llama", True), ("llama", False), ("yoco", True)],
+                         ids=["llama-frozen", "llama-inputs", "yoco-frozen"])
 def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir, monkeypatch):
     for f in files(library(name, frozen)):
         shutil.copy(f, cache_dir)
@@ -231,7 +232,7 @@ def test_compiled_step_matches_oracle_and_eager(name, frozen, library, cache_dir
         assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
         return out
     script(model, step, check_eager=True, poison=True)  # the library reads keys up to the host bound only
-    # steps of 3 rows (B = 3, T = 1) ran the default library; of 6, 9 and 12 rows the wide one, on a
+    # steps of WIDE_ROWS (3) rows on (B = 3, T = 1: 3; verify blocks: 6, 9, 12) ran the wide library, on a
     # CPU with a wide blocking and for a frozen library (else the default one served them too)
     wide = frozen and cc.WIDE_BLOCKING.get(torch.backends.cpu.get_cpu_capability()) is not None
     assert served == [("wide" if wide and r >= cc.WIDE_ROWS else "default", r) for r in (3, 3, 12, 3, 9, 6, 3)]
@@ -293,6 +294,37 @@ def test_weights_made_under_inference_mode(library, cache_dir, monkeypatch):
     model.compile_step = True
     script(model, lambda ids, c: model(ids, c))
     assert model._compiled is not None and model._compiled.run is not None
+
+
+def test_wide_library_returns_the_default_librarys_bits(library, cache_dir, monkeypatch):
+    """The wide library (AVX2: 8 x 8 blocking, its 3-6-row blocks on micro_gemm.row_panels) returns
+    bitwise the default library's logits and cache writes at 3-6 rows (the default's 4 x 16
+    micro-kernel there): each output the same fmadd chain, k in order, in another blocking. Both
+    libraries come with library("llama"): nothing is built. A CPU with no wide blocking has none."""
+    for f in files(library("llama")):
+        shutil.copy(f, cache_dir)
+    no_build(monkeypatch)
+    served = spy_libraries(monkeypatch)
+    model = build("llama")
+    model.compile_step = True
+    g = torch.Generator().manual_seed(4)
+    for B, widths in ((1, (3, 4, 5, 6)), (3, (1, 2))):  # one row's verify blocks; a batch's steps
+        prompt = torch.randint(0, V, (B, 7), generator=g)
+        caches = [model.new_cache(B, 40) for _ in range(2)]
+        with torch.no_grad():
+            for c in caches:
+                model(prompt, c, attention_mask=torch.ones_like(prompt))  # an eager prefill
+            for T in widths:
+                ids = torch.randint(0, V, (B, T), generator=g)
+                outs = []
+                for c, rows in zip(caches, (99, 3)):  # every width on the default library, then the wide one
+                    monkeypatch.setattr(cc, "WIDE_ROWS", rows)
+                    outs.append(model(ids, c))
+                assert torch.equal(outs[0], outs[1])
+        assert all(torch.equal(a, b) for a, b in zip(*[[c.lengths, *c.k, *c.v] for c in caches]))
+    wide = torch.backends.cpu.get_cpu_capability() in cc.WIDE_BLOCKING
+    assert [w for w, _ in served] == ["default", "wide" if wide else "default"] * 6
+    assert (model._compiled.wide is not None) == wide
 
 
 def test_bad_id_leaves_the_cache_as_it_was(library, cache_dir, monkeypatch):
@@ -391,6 +423,7 @@ def test_half_precision_runs_the_library_by_default(dtype, half_cache, monkeypat
     script(model, lambda ids, c: model(ids, c), check_eager=True, poison=True, atol=8 * eps, eager_atol=8 * eps,
            tie=2 * eps)
     assert model._compiled is not None and model._compiled.run is not None  # it ran compiled
+    assert model._compiled.wide is None  # the wide blocking limits fp32 kernels only: no second build
     import decoding
     target = build("llama", seed=3)  # fp32, eager: the reference greedy
     target.compile_step = False
@@ -444,8 +477,8 @@ def copy_default_library(src, dst) -> None:
 
 
 def test_prompt_does_not_build_the_wide_library(library, cache_dir, monkeypatch):
-    """A prompt of 5+ rows into an empty cache (a step once per call) runs the default library and
-    builds nothing; the first wide step after it asks for the wide library."""
+    """A prompt of WIDE_ROWS+ rows into an empty cache (a step once per call) runs the default library
+    and builds nothing; the first wide step after it asks for the wide library."""
     copy_default_library(library("llama"), cache_dir)
     monkeypatch.setitem(cc.WIDE_BLOCKING, torch.backends.cpu.get_cpu_capability(), (8, 8))  # any CPU
     asked = []
@@ -619,9 +652,9 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
     (micro_gemm.row_panels): its logits are bitwise those of the library built without it (the
     micro-kernel's sums, one panel at a time) and the float64 oracle's within 1e-4. Shapes: q 6
     panels (a group and panels left), gate/up 69, down K = 1100, past the K block of any L1 up to
-    64 KiB (later K blocks add to the first's sums); steps of 1, 2 and 3 tokens of one row (3 rows: the
-    micro-kernel alone on AVX2). Blocks of 5-6 rows (AVX2's wide library) run it in
-    test_compiled_step_matches_oracle_and_eager (6 rows), against the oracle and the eager step."""
+    64 KiB (later K blocks add to the first's sums); steps of 1, 2 and 3 tokens of one row, all on
+    the default library (3 rows: its micro-kernel). The wide library's 3-6-row blocks are checked
+    bitwise against the default library in test_wide_library_returns_the_default_librarys_bits."""
     from models import micro_gemm
     torch.manual_seed(0)
     model = LlamaDecoder(DecoderConfig(vocab_size=V, dim=96, n_layers=1, n_heads=4, n_kv_heads=2,
@@ -635,6 +668,7 @@ def test_few_row_steps_read_weight_panels_together_with_the_micro_kernels_sums(t
     spans = [(4, 5), (5, 6), (6, 8), (8, 11), (11, 12), (12, 14)]
     sources, halves = [], kernel_units.halves
     monkeypatch.setattr(kernel_units, "halves", lambda text: sources.append(text) or halves(text))
+    monkeypatch.setattr(cc, "WIDE_BLOCKING", {})  # one library a build: the default one at every width
 
     def run(directory):
         monkeypatch.setenv(library_cache.CACHE_ENV, str(directory))
