@@ -15,8 +15,7 @@ import pytest
 import torch
 
 import models.compiled_cpu as cc
-from models import library_cache
-from models import DecoderConfig, LlamaDecoder, aoti_interface, kernel_units
+from models import DecoderConfig, LlamaDecoder, aoti_interface, kernel_units, library_cache
 from models.attention import AttentionBatch, fused_attention
 from models.compiled import GraphedStep, static_forward
 from models.yoco import YOCOConfig, YOCODecoder
